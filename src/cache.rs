@@ -1,0 +1,419 @@
+//! [`CachedVerifier`]: a moka verdict cache in front of any [`KeyVerifier`].
+//!
+//! - Valid verdicts live for the positive TTL (default 60 s), and **never past the key's own
+//!   `expires_at`**.
+//! - Invalid verdicts live for the negative TTL (default 10 s) in a separate, separately bounded
+//!   cache, so a flood of unknown keys cannot evict valid ones.
+//! - Concurrent misses on one key share one verifier call.
+//! - Verifier errors are never cached.
+//! - A revocation through the wrapped store (or [`invalidate_key_id`](CachedVerifier::invalidate_key_id))
+//!   takes effect at once. A revocation that keygate does not see (made directly at Stack Auth,
+//!   say) takes effect when the entry's TTL runs out: the positive TTL is the longest a revoked key
+//!   can still be accepted.
+//! - The cache is keyed by the key's SHA-256 digest; it never holds a key.
+//!
+//! ```
+//! use std::time::Duration;
+//! use keygate::{CachedVerifier, MemoryKeyStore};
+//!
+//! let store = MemoryKeyStore::new();
+//! let verifier = CachedVerifier::builder(store)
+//!     .ttl(Duration::from_secs(30))
+//!     .negative_ttl(Duration::from_secs(5))
+//!     .max_entries(50_000)
+//!     .build();
+//! assert_eq!(verifier.stats().verifier_calls, 0);
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use moka::sync::Cache;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use crate::key::{ApiKey, KeyDigest};
+use crate::verify::{
+    InvalidReason, KeyInfo, KeyVerifier, RevocationListener, Verdict, VerifyError,
+};
+
+/// Default lifetime of a cached valid verdict.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Default lifetime of a cached invalid verdict.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// Default bound on cached valid verdicts.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+/// Default bound on cached invalid verdicts.
+pub const DEFAULT_MAX_NEGATIVE_ENTRIES: u64 = 10_000;
+
+type Flight = Arc<OnceCell<Result<Verdict, VerifyError>>>;
+
+/// A caching [`KeyVerifier`] wrapper. Cheap to clone: clones share one cache.
+pub struct CachedVerifier<V> {
+    shared: Arc<Shared<V>>,
+}
+
+impl<V> Clone for CachedVerifier<V> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+struct Shared<V> {
+    verifier: V,
+    caches: Caches,
+    inflight: Mutex<HashMap<KeyDigest, Flight>>,
+    counters: Counters,
+    /// Keeps the revocation hook registered with the verifier alive.
+    _on_revoke: Arc<dyn Fn(Uuid) + Send + Sync>,
+}
+
+#[derive(Clone)]
+struct Caches {
+    valid: Cache<KeyDigest, Arc<KeyInfo>>,
+    invalid: Cache<KeyDigest, InvalidReason>,
+    by_key_id: Cache<Uuid, KeyDigest>,
+    /// Bumped on every invalidation, so that a lookup that started before it does not cache
+    /// a verdict it may have read before the revocation.
+    epoch: Arc<AtomicU64>,
+}
+
+impl Caches {
+    fn invalidate_key_id(&self, key_id: Uuid) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(digest) = self.by_key_id.remove(&key_id) {
+            self.valid.invalidate(&digest);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    negative_hits: AtomicU64,
+    misses: AtomicU64,
+    verifier_calls: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A snapshot of a cache's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Requests answered by a cached valid verdict.
+    pub hits: u64,
+    /// Requests answered by a cached invalid verdict.
+    pub negative_hits: u64,
+    /// Requests that found nothing cached.
+    pub misses: u64,
+    /// Calls made to the wrapped verifier.
+    pub verifier_calls: u64,
+    /// Verifier calls that failed (never cached).
+    pub errors: u64,
+    /// Valid verdicts held (approximate: moka counts lazily).
+    pub valid_entries: u64,
+    /// Invalid verdicts held (approximate).
+    pub invalid_entries: u64,
+}
+
+/// Builds a [`CachedVerifier`].
+#[derive(Debug)]
+#[must_use]
+pub struct CachedVerifierBuilder<V> {
+    verifier: V,
+    ttl: Duration,
+    negative_ttl: Duration,
+    max_entries: u64,
+    max_negative_entries: u64,
+}
+
+impl<V: KeyVerifier> CachedVerifierBuilder<V> {
+    /// How long a valid verdict is kept (default 60 s). Also the longest a key revoked behind
+    /// keygate's back can still be accepted.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long an invalid verdict is kept (default 10 s).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// Bound on valid verdicts (default 100,000).
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = n;
+        self
+    }
+
+    /// Bound on invalid verdicts, kept apart from valid ones (default 10,000).
+    pub fn max_negative_entries(mut self, n: u64) -> Self {
+        self.max_negative_entries = n;
+        self
+    }
+
+    /// Builds the cache and subscribes it to the verifier's revocations.
+    pub fn build(self) -> CachedVerifier<V> {
+        let ttl = self.ttl;
+        let valid = Cache::builder()
+            .max_capacity(self.max_entries)
+            .expire_after(ValidExpiry { ttl })
+            .build();
+        let invalid = Cache::builder()
+            .max_capacity(self.max_negative_entries)
+            .time_to_live(self.negative_ttl)
+            .build();
+        let by_key_id = Cache::builder()
+            .max_capacity(self.max_entries)
+            .time_to_live(ttl)
+            .build();
+        let caches = Caches {
+            valid,
+            invalid,
+            by_key_id,
+            epoch: Arc::new(AtomicU64::new(0)),
+        };
+        let hook_caches = caches.clone();
+        let on_revoke: Arc<dyn Fn(Uuid) + Send + Sync> =
+            Arc::new(move |key_id| hook_caches.invalidate_key_id(key_id));
+        self.verifier
+            .subscribe_revocations(RevocationListener::new(&on_revoke));
+        CachedVerifier {
+            shared: Arc::new(Shared {
+                verifier: self.verifier,
+                caches,
+                inflight: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
+                _on_revoke: on_revoke,
+            }),
+        }
+    }
+}
+
+/// Valid verdicts expire after the TTL or at the key's own expiry, whichever is first.
+struct ValidExpiry {
+    ttl: Duration,
+}
+
+impl moka::Expiry<KeyDigest, Arc<KeyInfo>> for ValidExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &KeyDigest,
+        info: &Arc<KeyInfo>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(match info.expires_at {
+            Some(at) => at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+                .min(self.ttl),
+            None => self.ttl,
+        })
+    }
+}
+
+impl<V: KeyVerifier> CachedVerifier<V> {
+    /// A cache with the default settings in front of `verifier`.
+    pub fn new(verifier: V) -> Self {
+        Self::builder(verifier).build()
+    }
+
+    /// A builder for a cache in front of `verifier`.
+    pub fn builder(verifier: V) -> CachedVerifierBuilder<V> {
+        CachedVerifierBuilder {
+            verifier,
+            ttl: DEFAULT_TTL,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            max_negative_entries: DEFAULT_MAX_NEGATIVE_ENTRIES,
+        }
+    }
+
+    /// The wrapped verifier.
+    pub fn get_ref(&self) -> &V {
+        &self.shared.verifier
+    }
+
+    /// Forgets any verdict on `key`.
+    pub fn invalidate(&self, key: &ApiKey) {
+        let caches = &self.shared.caches;
+        caches.epoch.fetch_add(1, Ordering::AcqRel);
+        caches.valid.invalidate(key.digest());
+        caches.invalid.invalidate(key.digest());
+        caches.by_key_id.invalidate(&key.key_id());
+    }
+
+    /// Forgets the valid verdict on the key with this id (what a revocation does).
+    pub fn invalidate_key_id(&self, key_id: Uuid) {
+        self.shared.caches.invalidate_key_id(key_id);
+    }
+
+    /// Forgets every verdict.
+    pub fn invalidate_all(&self) {
+        let caches = &self.shared.caches;
+        caches.epoch.fetch_add(1, Ordering::AcqRel);
+        caches.valid.invalidate_all();
+        caches.invalid.invalidate_all();
+        caches.by_key_id.invalidate_all();
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.shared.counters;
+        CacheStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            negative_hits: c.negative_hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            verifier_calls: c.verifier_calls.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            valid_entries: self.shared.caches.valid.entry_count(),
+            invalid_entries: self.shared.caches.invalid.entry_count(),
+        }
+    }
+
+    /// Runs moka's pending housekeeping (evictions, entry counts) now. Useful in tests.
+    pub fn run_pending_tasks(&self) {
+        self.shared.caches.valid.run_pending_tasks();
+        self.shared.caches.invalid.run_pending_tasks();
+        self.shared.caches.by_key_id.run_pending_tasks();
+    }
+
+    /// The cached verdict, if any, counting a hit.
+    fn cached(&self, key: &ApiKey) -> Option<Verdict> {
+        let caches = &self.shared.caches;
+        let counters = &self.shared.counters;
+        if let Some(info) = caches.valid.get(key.digest()) {
+            // Belt and braces: moka's expiry already ends the entry at `expires_at`.
+            if !info.is_expired_at(SystemTime::now()) {
+                counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Some(Verdict::Valid(info));
+            }
+            caches.valid.invalidate(key.digest());
+        }
+        if let Some(reason) = caches.invalid.get(key.digest()) {
+            counters.negative_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(Verdict::Invalid(reason));
+        }
+        None
+    }
+
+    /// Same as [`cached`](Self::cached), without touching the counters.
+    fn peek(&self, key: &ApiKey) -> Option<Verdict> {
+        let caches = &self.shared.caches;
+        if let Some(info) = caches.valid.get(key.digest()) {
+            if !info.is_expired_at(SystemTime::now()) {
+                return Some(Verdict::Valid(info));
+            }
+        }
+        caches.invalid.get(key.digest()).map(Verdict::Invalid)
+    }
+
+    /// Remembers what the verifier said, unless an invalidation raced with the lookup.
+    fn remember(&self, key: &ApiKey, epoch: u64, result: &Result<Verdict, VerifyError>) {
+        let caches = &self.shared.caches;
+        match result {
+            Ok(Verdict::Valid(info)) => {
+                if caches.epoch.load(Ordering::Acquire) != epoch
+                    || info.is_expired_at(SystemTime::now())
+                {
+                    return;
+                }
+                caches.invalid.invalidate(key.digest());
+                caches.by_key_id.insert(key.key_id(), *key.digest());
+                caches.valid.insert(*key.digest(), Arc::clone(info));
+            }
+            Ok(Verdict::Invalid(reason)) => caches.invalid.insert(*key.digest(), *reason),
+            Err(error) => {
+                self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = %key, key_id = %key.key_id(), %error, "key verification failed; not cached");
+            }
+        }
+    }
+
+    async fn load(&self, key: &ApiKey) -> Result<Verdict, VerifyError> {
+        // A flight that finished just before this one started may have filled the cache.
+        if let Some(verdict) = self.peek(key) {
+            return Ok(verdict);
+        }
+        let epoch = self.shared.caches.epoch.load(Ordering::Acquire);
+        self.shared
+            .counters
+            .verifier_calls
+            .fetch_add(1, Ordering::Relaxed);
+        let result = self.shared.verifier.verify(key).await;
+        self.remember(key, epoch, &result);
+        result
+    }
+}
+
+/// Removes a flight from the in-flight map once its last waiter is done with it (or dropped).
+struct FlightGuard<'a> {
+    map: &'a Mutex<HashMap<KeyDigest, Flight>>,
+    digest: KeyDigest,
+    flight: Flight,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let ours = map
+            .get(&self.digest)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight));
+        // Waiters clone the flight under this lock: 2 means only the map and this guard hold it,
+        // or the flight is finished and later arrivals will find the cache filled.
+        if ours && (self.flight.initialized() || Arc::strong_count(&self.flight) <= 2) {
+            map.remove(&self.digest);
+        }
+    }
+}
+
+impl<V: KeyVerifier> KeyVerifier for CachedVerifier<V> {
+    async fn verify(&self, key: &ApiKey) -> Result<Verdict, VerifyError> {
+        if let Some(verdict) = self.cached(key) {
+            return Ok(verdict);
+        }
+        self.shared.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let flight = {
+            let mut map = self
+                .shared
+                .inflight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(map.entry(*key.digest()).or_default())
+        };
+        let guard = FlightGuard {
+            map: &self.shared.inflight,
+            digest: *key.digest(),
+            flight,
+        };
+        guard
+            .flight
+            .get_or_init(|| self.load(key))
+            .await
+            .clone()
+    }
+
+    /// Answers from the cache only. A miss goes through [`verify`](Self::verify) even when the
+    /// wrapped verifier could answer at once, so that concurrent misses share one call.
+    fn verify_now(&self, key: &ApiKey) -> Option<Result<Verdict, VerifyError>> {
+        self.cached(key).map(Ok)
+    }
+
+    fn subscribe_revocations(&self, listener: RevocationListener) {
+        self.shared.verifier.subscribe_revocations(listener);
+    }
+}
+
+impl<V> std::fmt::Debug for CachedVerifier<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedVerifier")
+            .field("valid_entries", &self.shared.caches.valid.entry_count())
+            .field("invalid_entries", &self.shared.caches.invalid.entry_count())
+            .finish_non_exhaustive()
+    }
+}

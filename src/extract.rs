@@ -1,0 +1,353 @@
+//! Where keys come from: `Authorization: Bearer`, a configured header, or (opt-in) a query
+//! parameter.
+//!
+//! - `Authorization: Bearer <key>`: the scheme is case-insensitive, the token must follow RFC 6750's
+//!   `b64token` syntax, or the request gets 400 `invalid_request`. Other schemes (`Basic`, …) are
+//!   not keys and are left alone.
+//! - A configured header (Stack Auth's docs suggest `X-Stack-Api-Key`) carries the bare key.
+//! - A query parameter only when enabled: RFC 6750 §2.3 says URLs end up in logs.
+//! - Two *different* keys in one request are refused with 400; the same key twice is fine.
+//! - Before anything is scanned, a value longer than the cap (default 512 bytes) is refused.
+//!
+//! ```
+//! use keygate::{KeyExtractor, MemoryKeyStore, RequireApiKey};
+//!
+//! let extractor = KeyExtractor::new()
+//!     .header(http::HeaderName::from_static("x-stack-api-key"))
+//!     .query_param("api_key");
+//! let layer = RequireApiKey::new(MemoryKeyStore::new()).extractor(extractor);
+//! # let _ = layer;
+//! ```
+
+use http::header::AUTHORIZATION;
+use http::{HeaderName, Request, Uri};
+
+use crate::key::FormatError;
+use crate::reject::{BadRequest, Rejection};
+
+/// The default cap on a presented key's length, in bytes.
+pub const DEFAULT_MAX_KEY_LEN: usize = 512;
+
+/// Where the layer looks for a key. Bearer only, by default.
+#[derive(Clone, Debug)]
+pub struct KeyExtractor {
+    bearer: bool,
+    headers: Vec<HeaderName>,
+    query: Option<String>,
+    max_len: usize,
+}
+
+impl Default for KeyExtractor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A key found in a request, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found<'a> {
+    pub(crate) key: &'a str,
+}
+
+impl KeyExtractor {
+    /// `Authorization: Bearer` only, with the default length cap.
+    pub fn new() -> Self {
+        Self {
+            bearer: true,
+            headers: Vec::new(),
+            query: None,
+            max_len: DEFAULT_MAX_KEY_LEN,
+        }
+    }
+
+    /// Whether to read `Authorization: Bearer` (default `true`).
+    pub fn bearer(mut self, enabled: bool) -> Self {
+        self.bearer = enabled;
+        self
+    }
+
+    /// Also reads the bare key from this header (e.g. `x-stack-api-key`).
+    pub fn header(mut self, name: HeaderName) -> Self {
+        if !self.headers.contains(&name) {
+            self.headers.push(name);
+        }
+        self
+    }
+
+    /// Also reads the key from this query parameter. Off by default: URLs end up in logs,
+    /// browser history and `Referer` headers.
+    pub fn query_param(mut self, name: impl Into<String>) -> Self {
+        self.query = Some(name.into());
+        self
+    }
+
+    /// The longest value looked at (default 512 bytes); longer ones are refused unscanned.
+    pub fn max_key_len(mut self, max: usize) -> Self {
+        self.max_len = max;
+        self
+    }
+
+    /// Finds the one key in `request`, if any.
+    pub(crate) fn extract<'a, B>(
+        &self,
+        request: &'a Request<B>,
+    ) -> Result<Option<Found<'a>>, Rejection> {
+        let mut found: Option<&'a str> = None;
+        let mut offer = |key: &'a str| -> Result<(), Rejection> {
+            if key.len() > self.max_len {
+                return Err(Rejection::Malformed(FormatError::TooLong { max: self.max_len }));
+            }
+            match found {
+                Some(previous) if previous != key => {
+                    Err(Rejection::BadRequest(BadRequest::MultipleKeys))
+                }
+                _ => {
+                    found = Some(key);
+                    Ok(())
+                }
+            }
+        };
+        if self.bearer {
+            for value in request.headers().get_all(AUTHORIZATION) {
+                if let Some(token) = bearer_token(value.as_bytes(), self.max_len)? {
+                    offer(token)?;
+                }
+            }
+        }
+        for name in &self.headers {
+            for value in request.headers().get_all(name) {
+                let value = value
+                    .to_str()
+                    .map_err(|_| Rejection::BadRequest(BadRequest::MalformedHeader))?
+                    .trim_matches([' ', '\t']);
+                if !value.is_empty() {
+                    offer(value)?;
+                }
+            }
+        }
+        if let Some(param) = &self.query {
+            for value in query_values(request.uri(), param) {
+                offer(value)?;
+            }
+        }
+        Ok(found.map(|key| Found { key }))
+    }
+
+    /// Removes every credential this extractor reads from `request`, so the inner service never
+    /// sees the key.
+    pub(crate) fn strip<B>(&self, request: &mut Request<B>) {
+        if self.bearer {
+            let has_bearer = request
+                .headers()
+                .get_all(AUTHORIZATION)
+                .iter()
+                .any(|v| scheme_is_bearer(v.as_bytes()));
+            if has_bearer {
+                request.headers_mut().remove(AUTHORIZATION);
+            }
+        }
+        for name in &self.headers {
+            request.headers_mut().remove(name);
+        }
+        if let Some(param) = &self.query {
+            if let Some(uri) = without_query_param(request.uri(), param) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+}
+
+fn scheme_is_bearer(value: &[u8]) -> bool {
+    value.len() >= 6 && value[..6].eq_ignore_ascii_case(b"bearer") && value.get(6).is_none_or(|&c| c == b' ')
+}
+
+/// The token of a `Bearer` credential; `None` for another scheme.
+///
+/// `credentials = auth-scheme [ 1*SP token68 ]` (RFC 9110 §11.4) with RFC 6750's
+/// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn bearer_token(value: &[u8], max_len: usize) -> Result<Option<&str>, Rejection> {
+    let malformed = Rejection::BadRequest(BadRequest::MalformedHeader);
+    if !scheme_is_bearer(value) {
+        return Ok(None);
+    }
+    let start = value[6..]
+        .iter()
+        .position(|&c| c != b' ')
+        .map(|i| 6 + i)
+        .ok_or(malformed.clone())?;
+    let token = &value[start..];
+    if token.len() > max_len {
+        return Err(Rejection::Malformed(FormatError::TooLong { max: max_len }));
+    }
+    let body_end = token
+        .iter()
+        .position(|&c| c == b'=')
+        .unwrap_or(token.len());
+    let (body, padding) = token.split_at(body_end);
+    let body_ok = !body.is_empty()
+        && body
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"-._~+/".contains(&c));
+    if !body_ok || padding.iter().any(|&c| c != b'=') {
+        return Err(malformed);
+    }
+    // Only ASCII was accepted above.
+    std::str::from_utf8(token).map(Some).map_err(|_| malformed)
+}
+
+fn query_values<'a, 'n>(uri: &'a Uri, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name && !v.is_empty()).then_some(v)
+        })
+}
+
+fn without_query_param(uri: &Uri, name: &str) -> Option<Uri> {
+    let query = uri.query()?;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .collect();
+    let path = uri.path();
+    let path_and_query = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)], uri: &str) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request")
+    }
+
+    fn extract(e: &KeyExtractor, r: &Request<()>) -> Result<Option<String>, String> {
+        e.extract(r)
+            .map(|f| f.map(|f| f.key.to_owned()))
+            .map_err(|r| r.code().to_owned())
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_allows_several_spaces() {
+        let e = KeyExtractor::new();
+        for v in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR    abc"] {
+            assert_eq!(extract(&e, &req(&[("authorization", v)], "/")), Ok(Some("abc".into())), "{v}");
+        }
+    }
+
+    #[test]
+    fn other_schemes_are_not_keys() {
+        let e = KeyExtractor::new();
+        assert_eq!(extract(&e, &req(&[("authorization", "Basic dXNlcjpwdw==")], "/")), Ok(None));
+        assert_eq!(extract(&e, &req(&[("authorization", "Bearerabc")], "/")), Ok(None));
+        assert_eq!(extract(&e, &req(&[], "/")), Ok(None));
+    }
+
+    #[test]
+    fn malformed_bearer_is_a_bad_request() {
+        let e = KeyExtractor::new();
+        for v in ["Bearer", "Bearer ", "Bearer a b", "Bearer a\tb", "Bearer =abc", "Bearer ab=c", "Bearer a,b"] {
+            assert_eq!(
+                extract(&e, &req(&[("authorization", v)], "/")),
+                Err("INVALID_REQUEST".into()),
+                "{v:?}"
+            );
+        }
+        let mut r = req(&[], "/");
+        r.headers_mut().insert(
+            AUTHORIZATION,
+            http::HeaderValue::from_bytes(b"Bearer \xffabc").expect("obs-text"),
+        );
+        assert_eq!(extract(&e, &r), Err("INVALID_REQUEST".into()));
+    }
+
+    #[test]
+    fn b64token_padding_is_allowed() {
+        let e = KeyExtractor::new();
+        assert_eq!(
+            extract(&e, &req(&[("authorization", "Bearer ab+/c==")], "/")),
+            Ok(Some("ab+/c==".into()))
+        );
+    }
+
+    #[test]
+    fn two_different_keys_are_refused_and_the_same_key_twice_is_not() {
+        let e = KeyExtractor::new().header(HeaderName::from_static("x-stack-api-key"));
+        let two = req(&[("authorization", "Bearer aaa"), ("x-stack-api-key", "bbb")], "/");
+        assert_eq!(extract(&e, &two), Err("INVALID_REQUEST".into()));
+        let same = req(&[("authorization", "Bearer aaa"), ("x-stack-api-key", "aaa")], "/");
+        assert_eq!(extract(&e, &same), Ok(Some("aaa".into())));
+        let two_auth = req(&[("authorization", "Bearer aaa"), ("authorization", "Bearer ccc")], "/");
+        assert_eq!(extract(&e, &two_auth), Err("INVALID_REQUEST".into()));
+    }
+
+    #[test]
+    fn configured_header_instead_of_bearer() {
+        let e = KeyExtractor::new()
+            .bearer(false)
+            .header(HeaderName::from_static("x-stack-api-key"));
+        assert_eq!(extract(&e, &req(&[("authorization", "Bearer aaa")], "/")), Ok(None));
+        assert_eq!(
+            extract(&e, &req(&[("x-stack-api-key", " aaa ")], "/")),
+            Ok(Some("aaa".into()))
+        );
+    }
+
+    #[test]
+    fn query_only_when_enabled() {
+        let off = KeyExtractor::new();
+        assert_eq!(extract(&off, &req(&[], "/x?api_key=aaa")), Ok(None));
+        let on = KeyExtractor::new().query_param("api_key");
+        assert_eq!(extract(&on, &req(&[], "/x?a=1&api_key=aaa")), Ok(Some("aaa".into())));
+        assert_eq!(
+            extract(&on, &req(&[("authorization", "Bearer bbb")], "/x?api_key=aaa")),
+            Err("INVALID_REQUEST".into())
+        );
+    }
+
+    #[test]
+    fn overlong_values_are_refused_before_scanning() {
+        let e = KeyExtractor::new().max_key_len(10);
+        let long = format!("Bearer {}", "a".repeat(11));
+        assert_eq!(extract(&e, &req(&[("authorization", &long)], "/")), Err("API_KEY_INVALID".into()));
+        let long_bad = format!("Bearer {}", " a".repeat(20));
+        assert_eq!(
+            extract(&e, &req(&[("authorization", &long_bad)], "/")),
+            Err("API_KEY_INVALID".into())
+        );
+    }
+
+    #[test]
+    fn strip_removes_every_credential() {
+        let e = KeyExtractor::new()
+            .header(HeaderName::from_static("x-stack-api-key"))
+            .query_param("api_key");
+        let mut r = req(
+            &[("authorization", "Bearer aaa"), ("x-stack-api-key", "aaa"), ("x-other", "1")],
+            "/p?a=1&api_key=aaa&b=2",
+        );
+        e.strip(&mut r);
+        assert!(r.headers().get(AUTHORIZATION).is_none());
+        assert!(r.headers().get("x-stack-api-key").is_none());
+        assert_eq!(r.headers()["x-other"], "1");
+        assert_eq!(r.uri().to_string(), "/p?a=1&b=2");
+
+        let mut basic = req(&[("authorization", "Basic xyz")], "/p?api_key=aaa");
+        e.strip(&mut basic);
+        assert_eq!(basic.headers()[AUTHORIZATION], "Basic xyz");
+        assert_eq!(basic.uri().to_string(), "/p");
+    }
+}

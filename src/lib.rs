@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(feature = "axum")]
+pub mod axum;
+pub mod cache;
+pub mod extract;
+pub mod key;
+pub mod layer;
+pub mod principal;
+pub mod reject;
+pub mod store;
+pub mod verify;
+
+pub use cache::{CacheStats, CachedVerifier};
+pub use extract::KeyExtractor;
+pub use key::{ApiKey, KeyKind};
+pub use layer::{Mode, RequireApiKey, RequireApiKeyService};
+pub use principal::{AuthenticatedTeam, AuthenticatedUser, Principal};
+pub use reject::{DefaultResponder, Rejection, RejectionResponder};
+pub use store::{KeyStore, MemoryKeyStore, NewKey};
+pub use verify::{KeyVerifier, Owner, Verdict};
