@@ -391,11 +391,7 @@ impl<V: KeyVerifier> KeyVerifier for CachedVerifier<V> {
             digest: *key.digest(),
             flight,
         };
-        guard
-            .flight
-            .get_or_init(|| self.load(key))
-            .await
-            .clone()
+        guard.flight.get_or_init(|| self.load(key)).await.clone()
     }
 
     /// Answers from the cache only. A miss goes through [`verify`](Self::verify) even when the

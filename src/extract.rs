@@ -95,7 +95,9 @@ impl KeyExtractor {
         let mut found: Option<&'a str> = None;
         let mut offer = |key: &'a str| -> Result<(), Rejection> {
             if key.len() > self.max_len {
-                return Err(Rejection::Malformed(FormatError::TooLong { max: self.max_len }));
+                return Err(Rejection::Malformed(FormatError::TooLong {
+                    max: self.max_len,
+                }));
             }
             match found {
                 Some(previous) if previous != key => {
@@ -158,7 +160,9 @@ impl KeyExtractor {
 }
 
 fn scheme_is_bearer(value: &[u8]) -> bool {
-    value.len() >= 6 && value[..6].eq_ignore_ascii_case(b"bearer") && value.get(6).is_none_or(|&c| c == b' ')
+    value.len() >= 6
+        && value[..6].eq_ignore_ascii_case(b"bearer")
+        && value.get(6).is_none_or(|&c| c == b' ')
 }
 
 /// The token of a `Bearer` credential; `None` for another scheme.
@@ -179,10 +183,7 @@ fn bearer_token(value: &[u8], max_len: usize) -> Result<Option<&str>, Rejection>
     if token.len() > max_len {
         return Err(Rejection::Malformed(FormatError::TooLong { max: max_len }));
     }
-    let body_end = token
-        .iter()
-        .position(|&c| c == b'=')
-        .unwrap_or(token.len());
+    let body_end = token.iter().position(|&c| c == b'=').unwrap_or(token.len());
     let (body, padding) = token.split_at(body_end);
     let body_ok = !body.is_empty()
         && body
@@ -195,7 +196,10 @@ fn bearer_token(value: &[u8], max_len: usize) -> Result<Option<&str>, Rejection>
     std::str::from_utf8(token).map(Some).map_err(|_| malformed)
 }
 
-fn query_values<'a, 'n>(uri: &'a Uri, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+fn query_values<'a, 'n>(
+    uri: &'a Uri,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
     uri.query()
         .unwrap_or("")
         .split('&')
@@ -244,22 +248,40 @@ mod tests {
     fn bearer_scheme_is_case_insensitive_and_allows_several_spaces() {
         let e = KeyExtractor::new();
         for v in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR    abc"] {
-            assert_eq!(extract(&e, &req(&[("authorization", v)], "/")), Ok(Some("abc".into())), "{v}");
+            assert_eq!(
+                extract(&e, &req(&[("authorization", v)], "/")),
+                Ok(Some("abc".into())),
+                "{v}"
+            );
         }
     }
 
     #[test]
     fn other_schemes_are_not_keys() {
         let e = KeyExtractor::new();
-        assert_eq!(extract(&e, &req(&[("authorization", "Basic dXNlcjpwdw==")], "/")), Ok(None));
-        assert_eq!(extract(&e, &req(&[("authorization", "Bearerabc")], "/")), Ok(None));
+        assert_eq!(
+            extract(&e, &req(&[("authorization", "Basic dXNlcjpwdw==")], "/")),
+            Ok(None)
+        );
+        assert_eq!(
+            extract(&e, &req(&[("authorization", "Bearerabc")], "/")),
+            Ok(None)
+        );
         assert_eq!(extract(&e, &req(&[], "/")), Ok(None));
     }
 
     #[test]
     fn malformed_bearer_is_a_bad_request() {
         let e = KeyExtractor::new();
-        for v in ["Bearer", "Bearer ", "Bearer a b", "Bearer a\tb", "Bearer =abc", "Bearer ab=c", "Bearer a,b"] {
+        for v in [
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a\tb",
+            "Bearer =abc",
+            "Bearer ab=c",
+            "Bearer a,b",
+        ] {
             assert_eq!(
                 extract(&e, &req(&[("authorization", v)], "/")),
                 Err("INVALID_REQUEST".into()),
@@ -286,11 +308,23 @@ mod tests {
     #[test]
     fn two_different_keys_are_refused_and_the_same_key_twice_is_not() {
         let e = KeyExtractor::new().header(HeaderName::from_static("x-stack-api-key"));
-        let two = req(&[("authorization", "Bearer aaa"), ("x-stack-api-key", "bbb")], "/");
+        let two = req(
+            &[("authorization", "Bearer aaa"), ("x-stack-api-key", "bbb")],
+            "/",
+        );
         assert_eq!(extract(&e, &two), Err("INVALID_REQUEST".into()));
-        let same = req(&[("authorization", "Bearer aaa"), ("x-stack-api-key", "aaa")], "/");
+        let same = req(
+            &[("authorization", "Bearer aaa"), ("x-stack-api-key", "aaa")],
+            "/",
+        );
         assert_eq!(extract(&e, &same), Ok(Some("aaa".into())));
-        let two_auth = req(&[("authorization", "Bearer aaa"), ("authorization", "Bearer ccc")], "/");
+        let two_auth = req(
+            &[
+                ("authorization", "Bearer aaa"),
+                ("authorization", "Bearer ccc"),
+            ],
+            "/",
+        );
         assert_eq!(extract(&e, &two_auth), Err("INVALID_REQUEST".into()));
     }
 
@@ -299,7 +333,10 @@ mod tests {
         let e = KeyExtractor::new()
             .bearer(false)
             .header(HeaderName::from_static("x-stack-api-key"));
-        assert_eq!(extract(&e, &req(&[("authorization", "Bearer aaa")], "/")), Ok(None));
+        assert_eq!(
+            extract(&e, &req(&[("authorization", "Bearer aaa")], "/")),
+            Ok(None)
+        );
         assert_eq!(
             extract(&e, &req(&[("x-stack-api-key", " aaa ")], "/")),
             Ok(Some("aaa".into()))
@@ -311,9 +348,15 @@ mod tests {
         let off = KeyExtractor::new();
         assert_eq!(extract(&off, &req(&[], "/x?api_key=aaa")), Ok(None));
         let on = KeyExtractor::new().query_param("api_key");
-        assert_eq!(extract(&on, &req(&[], "/x?a=1&api_key=aaa")), Ok(Some("aaa".into())));
         assert_eq!(
-            extract(&on, &req(&[("authorization", "Bearer bbb")], "/x?api_key=aaa")),
+            extract(&on, &req(&[], "/x?a=1&api_key=aaa")),
+            Ok(Some("aaa".into()))
+        );
+        assert_eq!(
+            extract(
+                &on,
+                &req(&[("authorization", "Bearer bbb")], "/x?api_key=aaa")
+            ),
             Err("INVALID_REQUEST".into())
         );
     }
@@ -322,7 +365,10 @@ mod tests {
     fn overlong_values_are_refused_before_scanning() {
         let e = KeyExtractor::new().max_key_len(10);
         let long = format!("Bearer {}", "a".repeat(11));
-        assert_eq!(extract(&e, &req(&[("authorization", &long)], "/")), Err("API_KEY_INVALID".into()));
+        assert_eq!(
+            extract(&e, &req(&[("authorization", &long)], "/")),
+            Err("API_KEY_INVALID".into())
+        );
         let long_bad = format!("Bearer {}", " a".repeat(20));
         assert_eq!(
             extract(&e, &req(&[("authorization", &long_bad)], "/")),
@@ -336,7 +382,11 @@ mod tests {
             .header(HeaderName::from_static("x-stack-api-key"))
             .query_param("api_key");
         let mut r = req(
-            &[("authorization", "Bearer aaa"), ("x-stack-api-key", "aaa"), ("x-other", "1")],
+            &[
+                ("authorization", "Bearer aaa"),
+                ("x-stack-api-key", "aaa"),
+                ("x-other", "1"),
+            ],
             "/p?a=1&api_key=aaa&b=2",
         );
         e.strip(&mut r);

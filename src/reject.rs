@@ -232,7 +232,11 @@ impl<B: From<Bytes>> RejectionResponder<B> for DefaultResponder {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
         if let Rejection::Unavailable(error) = rejection {
-            let secs = error.retry_after().unwrap_or(self.retry_after).as_secs().max(1);
+            let secs = error
+                .retry_after()
+                .unwrap_or(self.retry_after)
+                .as_secs()
+                .max(1);
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         response

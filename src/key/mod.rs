@@ -127,7 +127,7 @@ impl fmt::Debug for ApiKey {
 /// Keys carry about 222 bits of entropy, so a plain digest is the right hash (NIST SP 800-63B
 /// §5.1.2.2: no salt or KDF needed above 112 bits). Equality is constant time. `Debug` shows the
 /// first 8 hex digits only, enough to correlate log lines.
-#[derive(Clone, Copy, Hash)]
+#[derive(Clone, Copy)]
 pub struct KeyDigest([u8; 32]);
 
 impl KeyDigest {
@@ -159,6 +159,13 @@ impl PartialEq for KeyDigest {
 }
 
 impl Eq for KeyDigest {}
+
+impl std::hash::Hash for KeyDigest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Consistent with `eq`: equal digests have equal bytes.
+        self.0.hash(state);
+    }
+}
 
 impl fmt::Debug for KeyDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

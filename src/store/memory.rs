@@ -260,7 +260,11 @@ mod tests {
             let at = revoked.revoked_at.expect("revoked");
             tokio::time::sleep(Duration::from_millis(5)).await;
             let again = store.revoke(first.record.id).await.expect("revoke again");
-            assert_eq!(again.revoked_at, Some(at), "a second revoke keeps the first time");
+            assert_eq!(
+                again.revoked_at,
+                Some(at),
+                "a second revoke keeps the first time"
+            );
             assert_eq!(again.why_invalid(), Some(WhyInvalid::ManuallyRevoked));
 
             assert_eq!(
@@ -302,13 +306,9 @@ mod tests {
                 store.verify(&created.key).await.expect("verify"),
                 Verdict::Invalid(InvalidReason::Expired)
             );
-            let stranger = ApiKey::generate(
-                Uuid::new_v4(),
-                KeyKind::User,
-                false,
-                Deployment::SelfHosted,
-            )
-            .expect("rng");
+            let stranger =
+                ApiKey::generate(Uuid::new_v4(), KeyKind::User, false, Deployment::SelfHosted)
+                    .expect("rng");
             assert_eq!(
                 store.verify_now(&stranger).and_then(Result::ok),
                 Some(Verdict::Invalid(InvalidReason::NotFound))

@@ -200,8 +200,10 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
 
     /// One key by id.
-    fn get(&self, key_id: Uuid)
-        -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+    fn get(
+        &self,
+        key_id: Uuid,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
     /// The record of the key presented, found by its digest.
     fn find(
@@ -274,7 +276,9 @@ mod tests {
     #[test]
     fn why_invalid_serialises_like_the_sdk() {
         assert_eq!(
-            serde_json::to_string(&WhyInvalid::ManuallyRevoked).ok().as_deref(),
+            serde_json::to_string(&WhyInvalid::ManuallyRevoked)
+                .ok()
+                .as_deref(),
             Some("\"manually-revoked\"")
         );
         assert_eq!(
