@@ -69,7 +69,7 @@ struct Shared<V> {
     inflight: Mutex<HashMap<KeyDigest, Flight>>,
     counters: Counters,
     /// Keeps the revocation hook registered with the verifier alive.
-    _on_revoke: Arc<dyn Fn(Uuid) + Send + Sync>,
+    on_revoke: Arc<dyn Fn(Uuid) + Send + Sync>,
 }
 
 #[derive(Clone)]
@@ -189,7 +189,7 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
                 caches,
                 inflight: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
-                _on_revoke: on_revoke,
+                on_revoke,
             }),
         }
     }
@@ -251,6 +251,12 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     /// Forgets the valid verdict on the key with this id (what a revocation does).
     pub fn invalidate_key_id(&self, key_id: Uuid) {
         self.shared.caches.invalidate_key_id(key_id);
+    }
+
+    /// A listener that drops revoked keys from this cache, for a revocation source the cache
+    /// was not built on (a separately built `StackAuthClient`, a message bus, …).
+    pub fn revocation_listener(&self) -> RevocationListener {
+        RevocationListener::new(&self.shared.on_revoke)
     }
 
     /// Forgets every verdict.

@@ -11,8 +11,13 @@ pub mod key;
 pub mod layer;
 pub mod principal;
 pub mod reject;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "stack-auth")]
+pub mod stack_auth;
 pub mod store;
 pub mod verify;
+pub mod wire;
 
 pub use cache::{CacheStats, CachedVerifier};
 pub use extract::KeyExtractor;

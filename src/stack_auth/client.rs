@@ -1,0 +1,275 @@
+//! [`StackAuthClient`]: create, list, get, update and revoke user and team keys.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Method};
+use uuid::Uuid;
+
+use super::{default_client, ConfigError, StackAuthConfig};
+use crate::key::{ApiKey, KeyKind};
+use crate::store::{CreatedKey, KeyRecord, NewKey};
+use crate::verify::{Owner, RevocationListener, RevocationListeners};
+use crate::wire::{to_millis, ApiKeyList, ApiKeyObject, KeyValue, KnownError};
+
+/// Default time an admin call may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Stack Auth's key-management API, with server access. Cheap to clone.
+///
+/// Paths, queries and bodies are exactly Stack Auth's: `POST /api/v1/user-api-keys` (200, the
+/// only response with the full key), `GET …?user_id=`, `GET`/`PATCH …/{id}` (team routes always
+/// carry `?team_id=`), and revocation as `PATCH {"revoked": true}`.
+#[derive(Clone)]
+pub struct StackAuthClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: StackAuthConfig,
+    client: reqwest::Client,
+    headers: HeaderMap,
+    listeners: Arc<RevocationListeners>,
+    timeout: Duration,
+}
+
+/// An admin call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StackAuthError {
+    /// Stack Auth answered with an error: a known error carries its `code`.
+    #[error("Stack Auth answered {status}{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The known error's code (`API_KEY_NOT_FOUND`, `SCHEMA_ERROR`, …), if it was one.
+        code: Option<String>,
+        /// The message (the known error's `error`, or the plain-text body).
+        message: String,
+        /// The known error's details.
+        details: Option<serde_json::Value>,
+    },
+    /// Stack Auth could not be reached, or did not answer in time.
+    #[error("Stack Auth request failed: {0}")]
+    Transport(String),
+    /// Stack Auth answered something this client cannot read.
+    #[error("Stack Auth's answer makes no sense: {0}")]
+    InvalidResponse(String),
+}
+
+impl StackAuthError {
+    /// The known error's code, if Stack Auth sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            StackAuthError::Api { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, if Stack Auth answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            StackAuthError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+impl StackAuthClient {
+    /// A client with its own connection pool.
+    pub fn new(config: StackAuthConfig) -> Result<Self, ConfigError> {
+        Self::with_client(config, default_client()?)
+    }
+
+    /// A client on an existing `reqwest::Client`.
+    pub fn with_client(config: StackAuthConfig, client: reqwest::Client) -> Result<Self, ConfigError> {
+        let headers = config.headers()?;
+        Ok(Self::from_parts(
+            config,
+            client,
+            headers,
+            Arc::new(RevocationListeners::default()),
+        ))
+    }
+
+    pub(crate) fn from_parts(
+        config: StackAuthConfig,
+        client: reqwest::Client,
+        headers: HeaderMap,
+        listeners: Arc<RevocationListeners>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                headers,
+                listeners,
+                timeout: DEFAULT_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Tells `listener` of every key this client revokes (see
+    /// [`CachedVerifier::revocation_listener`](crate::CachedVerifier::revocation_listener)).
+    pub fn subscribe_revocations(&self, listener: RevocationListener) {
+        self.inner.listeners.add(listener);
+    }
+
+    /// Creates a key for `owner`. The result holds the full key: Stack Auth never shows it again.
+    pub async fn create(&self, owner: &Owner, new: &NewKey) -> Result<CreatedKey, StackAuthError> {
+        let mut body = serde_json::json!({
+            "description": new.description,
+            "expires_at_millis": new.expires_at.map(to_millis),
+            "is_public": new.is_public,
+        });
+        if let Some(map) = body.as_object_mut() {
+            let (field, id) = match owner {
+                Owner::User(id) => ("user_id", id),
+                Owner::Team(id) => ("team_id", id),
+            };
+            map.insert(field.to_owned(), serde_json::Value::from(id.as_ref()));
+        }
+        let object: ApiKeyObject = self
+            .call(Method::POST, collection(owner.kind()), &[], Some(body))
+            .await?;
+        let KeyValue::Full(value) = &object.value else {
+            return Err(StackAuthError::InvalidResponse("the create response has no full key".into()));
+        };
+        let key = ApiKey::parse(value)
+            .map_err(|e| StackAuthError::InvalidResponse(format!("the new key is malformed: {e}")))?;
+        let record = object
+            .to_record()
+            .ok_or_else(|| StackAuthError::InvalidResponse("the new key names no owner".into()))?;
+        Ok(CreatedKey { key, record })
+    }
+
+    /// The owner's keys, newest first.
+    pub async fn list(&self, owner: &Owner) -> Result<Vec<KeyRecord>, StackAuthError> {
+        let list: ApiKeyList = self
+            .call(Method::GET, collection(owner.kind()), &owner_query(owner), None)
+            .await?;
+        list.items.iter().map(to_record).collect()
+    }
+
+    /// One key.
+    pub async fn get(&self, owner: &Owner, key_id: Uuid) -> Result<KeyRecord, StackAuthError> {
+        let object: ApiKeyObject = self
+            .call(Method::GET, &item(owner.kind(), key_id), &owner_query(owner), None)
+            .await?;
+        to_record(&object)
+    }
+
+    /// Replaces a key's description.
+    pub async fn update_description(
+        &self,
+        owner: &Owner,
+        key_id: Uuid,
+        description: &str,
+    ) -> Result<KeyRecord, StackAuthError> {
+        let body = serde_json::json!({ "description": description });
+        let object: ApiKeyObject = self
+            .call(Method::PATCH, &item(owner.kind(), key_id), &owner_query(owner), Some(body))
+            .await?;
+        to_record(&object)
+    }
+
+    /// Revokes a key, for good, and drops it from every subscribed cache at once.
+    pub async fn revoke(&self, owner: &Owner, key_id: Uuid) -> Result<KeyRecord, StackAuthError> {
+        let body = serde_json::json!({ "revoked": true });
+        let object: ApiKeyObject = self
+            .call(Method::PATCH, &item(owner.kind(), key_id), &owner_query(owner), Some(body))
+            .await?;
+        self.inner.listeners.notify(key_id);
+        to_record(&object)
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<serde_json::Value>,
+    ) -> Result<T, StackAuthError> {
+        let mut request = self
+            .inner
+            .client
+            .request(method, self.inner.config.url(path))
+            .headers(self.inner.headers.clone())
+            .timeout(self.inner.timeout)
+            .query(query);
+        if let Some(body) = body {
+            let bytes = serde_json::to_vec(&body).map_err(|e| StackAuthError::InvalidResponse(e.to_string()))?;
+            request = request
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(bytes);
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| StackAuthError::Transport(e.to_string()))?;
+        let status = response.status();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| StackAuthError::Transport(e.to_string()))?
+        {
+            if bytes.len() + chunk.len() > MAX_BODY {
+                return Err(StackAuthError::InvalidResponse("answer too large".into()));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| StackAuthError::InvalidResponse(e.to_string()));
+        }
+        Err(match serde_json::from_slice::<KnownError>(&bytes) {
+            Ok(known) => StackAuthError::Api {
+                status: status.as_u16(),
+                code: Some(known.code),
+                message: known.error,
+                details: known.details,
+            },
+            Err(_) => StackAuthError::Api {
+                status: status.as_u16(),
+                code: None,
+                message: String::from_utf8_lossy(&bytes).trim().to_owned(),
+                details: None,
+            },
+        })
+    }
+}
+
+impl std::fmt::Debug for StackAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackAuthClient")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn collection(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::User => "user-api-keys",
+        KeyKind::Team => "team-api-keys",
+    }
+}
+
+fn item(kind: KeyKind, key_id: Uuid) -> String {
+    format!("{}/{key_id}", collection(kind))
+}
+
+fn owner_query(owner: &Owner) -> Vec<(&'static str, String)> {
+    match owner {
+        Owner::User(id) => vec![("user_id", id.to_string())],
+        Owner::Team(id) => vec![("team_id", id.to_string())],
+    }
+}
+
+fn to_record(object: &ApiKeyObject) -> Result<KeyRecord, StackAuthError> {
+    object
+        .to_record()
+        .ok_or_else(|| StackAuthError::InvalidResponse("a key object names no owner".into()))
+}
