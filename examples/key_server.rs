@@ -18,32 +18,39 @@ use tokio::net::TcpListener;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let env =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
     let port: u16 = env("PORT", "8102")
         .parse()
         .map_err(|_| "PORT is not a port")?;
     let project = env("STACK_PROJECT_ID", "local-project");
     let secret = env("STACK_SECRET_SERVER_KEY", "ssk_local_development_key");
 
-    let app = key_server(MemoryKeyStore::new(), KeyServerConfig::new(&project, &secret));
+    let app = key_server(
+        MemoryKeyStore::new(),
+        KeyServerConfig::new(&project, &secret),
+    );
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = TcpListener::bind(addr).await?;
     let h = format!(
         "-H 'x-stack-access-type: server' -H 'x-stack-project-id: {project}' -H 'x-stack-secret-server-key: {secret}' -H 'content-type: application/json'"
     );
     println!("key server listening on http://{addr}/api/v1");
-    println!("STACK_API_URL=http://{addr} STACK_PROJECT_ID={project} STACK_SECRET_SERVER_KEY={secret}");
+    println!(
+        "STACK_API_URL=http://{addr} STACK_PROJECT_ID={project} STACK_SECRET_SERVER_KEY={secret}"
+    );
     println!();
     println!("# create a user key (the response's \"value\" is the key, shown this once):");
     println!(
         "curl -s {h} -d '{{\"user_id\":\"0b1d5a52-7c5e-4f8e-9a43-1d2e3f4a5b6c\",\"description\":\"CLI\",\"expires_at_millis\":null}}' http://{addr}/api/v1/user-api-keys"
     );
     println!("# check it:");
-    println!("curl -s {h} -d '{{\"api_key\":\"<value>\"}}' http://{addr}/api/v1/user-api-keys/check");
+    println!(
+        "curl -s {h} -d '{{\"api_key\":\"<value>\"}}' http://{addr}/api/v1/user-api-keys/check"
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -40,7 +40,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let port: u16 = match std::env::var("PORT") {
-        Ok(port) => port.parse().map_err(|_| format!("PORT is not a port: {port:?}"))?,
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("PORT is not a port: {port:?}"))?,
         Err(_) => 3000,
     };
 
@@ -58,7 +60,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = TcpListener::bind(addr).await?;
-    println!("listening on http://{addr} (keys checked by {})", verifier.get_ref().config().base());
+    println!(
+        "listening on http://{addr} (keys checked by {})",
+        verifier.get_ref().config().base()
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -118,6 +118,9 @@ impl KeyExtractor {
         }
         for name in &self.headers {
             for value in request.headers().get_all(name) {
+                if value.len() > self.max_len {
+                    return Err(Rejection::Malformed(FormatError::TooLong { max: self.max_len }));
+                }
                 let value = value
                     .to_str()
                     .map_err(|_| Rejection::BadRequest(BadRequest::MalformedHeader))?

@@ -88,6 +88,8 @@ struct Guard<V> {
     allow_public: bool,
     mode: Mode,
     strip: bool,
+    /// The realm's challenges, for the axum extractors' refusals on keyless requests.
+    challenge: DefaultResponder,
 }
 
 impl<V> Clone for Guard<V> {
@@ -99,6 +101,7 @@ impl<V> Clone for Guard<V> {
             allow_public: self.allow_public,
             mode: self.mode,
             strip: self.strip,
+            challenge: self.challenge.clone(),
         }
     }
 }
@@ -119,14 +122,18 @@ impl<V: KeyVerifier> RequireApiKey<V> {
                 allow_public: true,
                 mode: Mode::Required,
                 strip: false,
+                challenge: DefaultResponder::default(),
             }),
             responder: DefaultResponder::default(),
         }
     }
 
-    /// Names `realm` in `WWW-Authenticate` challenges (default `"api"`).
-    pub fn realm(self, realm: &str) -> Self {
-        self.responder(DefaultResponder::new(realm))
+    /// Names `realm` in `WWW-Authenticate` challenges (default `"api"`), in the layer's
+    /// refusals and in the axum extractors' refusals on requests it let through without a key.
+    pub fn realm(mut self, realm: &str) -> Self {
+        let responder = DefaultResponder::new(realm);
+        self.guard_mut().challenge = responder.clone();
+        self.responder(responder)
     }
 }
 
@@ -185,6 +192,11 @@ impl<V: KeyVerifier, R> RequireApiKey<V, R> {
     }
 
     /// Replaces the responses to refused requests.
+    ///
+    /// The axum extractors cannot call a responder of an arbitrary type: their own refusals
+    /// (a handler asking for `AuthenticatedUser` on a keyless request in optional mode) use the
+    /// default JSON responses with the layer's realm. Take `Result<AuthenticatedUser,
+    /// ExtractRejection>` in the handler to answer those your own way.
     pub fn responder<R2>(self, responder: R2) -> RequireApiKey<V, R2> {
         RequireApiKey {
             guard: self.guard,
@@ -271,7 +283,12 @@ impl<V: KeyVerifier> Guard<V> {
         };
         let Some(found) = found else {
             return match self.mode {
-                Mode::Optional => Step::Pass,
+                Mode::Optional => {
+                    request
+                        .extensions_mut()
+                        .insert(Challenge(self.challenge.clone()));
+                    Step::Pass
+                }
                 Mode::Required => Step::Reject(Rejection::Missing),
             };
         };
@@ -334,13 +351,22 @@ impl<V: KeyVerifier> Guard<V> {
                 return Err(Rejection::WrongKind { required });
             }
         }
-        if info.is_public && !self.allow_public {
+        // The key's own `pk_` prefix is authoritative; a verifier can only add to it.
+        let is_public = info.is_public || key.is_public();
+        if is_public && !self.allow_public {
             tracing::debug!(key = %key, key_id = %key.key_id(), "public API key refused");
             return Err(Rejection::PublicKeyRefused);
         }
-        Ok(Principal::from_key_info(&info))
+        let mut principal = Principal::from_key_info(&info);
+        principal.set_public(is_public);
+        Ok(principal)
     }
 }
+
+/// Put in the extensions of a keyless request let through in optional mode, so the axum
+/// extractors refuse it with the layer's realm.
+#[derive(Clone, Debug)]
+pub(crate) struct Challenge(pub(crate) DefaultResponder);
 
 type VerifyFuture = Pin<Box<dyn Future<Output = Result<Principal, Rejection>> + Send>>;
 

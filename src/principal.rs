@@ -112,6 +112,13 @@ impl Principal {
         }
     }
 
+    pub(crate) fn set_public(&mut self, is_public: bool) {
+        match self {
+            Principal::User(u) => u.is_public = is_public,
+            Principal::Team(t) => t.is_public = is_public,
+        }
+    }
+
     /// Puts the principal and its user or team value into `extensions`.
     pub(crate) fn insert_into(self, extensions: &mut http::Extensions) {
         match &self {

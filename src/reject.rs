@@ -232,11 +232,9 @@ impl<B: From<Bytes>> RejectionResponder<B> for DefaultResponder {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
         if let Rejection::Unavailable(error) = rejection {
-            let secs = error
-                .retry_after()
-                .unwrap_or(self.retry_after)
-                .as_secs()
-                .max(1);
+            // Rounded up: a client that waits exactly this long must not come back too early.
+            let wait = error.retry_after().unwrap_or(self.retry_after);
+            let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         response

@@ -1,1 +1,599 @@
-// placeholder, replaced by the test writer
+//! End to end over loopback HTTP: keygate's key server (`keygate::server::key_server`) plays
+//! Stack Auth on `127.0.0.1:<random port>`; `StackAuthVerifier` behind a `CachedVerifier` behind
+//! `RequireApiKey` guards an axum app, and `StackAuthClient` (the verifier's admin client)
+//! manages keys.
+//!
+//! The key server is wrapped in a middleware that counts requests to `…/check`, so every test
+//! asserts the exact number of upstream checks: one per uncached key, none on a cache hit (valid
+//! or invalid), one after a revocation through the admin client, one per request while the
+//! verifier is misconfigured (errors are never cached).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::routing::get;
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use keygate::key::{ApiKey, Deployment, KeyKind};
+use keygate::server::{key_server, KeyServerConfig};
+use keygate::stack_auth::{StackAuthClient, StackAuthConfig, StackAuthError, StackAuthVerifier};
+use keygate::store::CreatedKey;
+use keygate::{
+    AuthenticatedTeam, AuthenticatedUser, CachedVerifier, MemoryKeyStore, NewKey, Owner, Principal,
+    RequireApiKey,
+};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+const PROJECT: &str = "0f6c0f5e-8a0e-4c38-9d7e-3b0b8c1d2e3f";
+const SECRET: &str = "ssk_keygate_e2e_secret_server_key";
+
+// ---------------------------------------------------------------------------------------------
+// The upstream: a key server on a loopback port, counting checks
+// ---------------------------------------------------------------------------------------------
+
+struct Upstream {
+    addr: SocketAddr,
+    checks: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    async fn start(config: KeyServerConfig) -> Self {
+        let checks = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&checks);
+        let app = key_server(MemoryKeyStore::new(), config).layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    if request.uri().path().ends_with("/check") {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    next.run(request).await
+                }
+            },
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("key server");
+        });
+        Self { addr, checks }
+    }
+
+    /// Upstream `…/check` requests so far.
+    fn checks(&self) -> usize {
+        self.checks.load(Ordering::SeqCst)
+    }
+
+    fn config(&self, secret: &str) -> StackAuthConfig {
+        StackAuthConfig::new(PROJECT, secret).base_url(format!("http://{}", self.addr))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The guarded app
+// ---------------------------------------------------------------------------------------------
+
+async fn user_route(user: AuthenticatedUser) -> Json<Value> {
+    Json(json!({ "user_id": &*user.user_id, "key_id": user.key_id }))
+}
+
+async fn team_route(team: AuthenticatedTeam) -> Json<Value> {
+    Json(json!({ "team_id": &*team.team_id, "key_id": team.key_id }))
+}
+
+async fn any_route(principal: Principal) -> Json<Value> {
+    Json(json!({
+        "kind": principal.kind().as_str(),
+        "owner_id": principal.owner_id(),
+        "key_id": principal.key_id(),
+    }))
+}
+
+/// `/users` (users only), `/teams` (teams only) and `/any`, each behind its own `RequireApiKey`
+/// over one shared cache.
+fn guarded_app(cache: &CachedVerifier<StackAuthVerifier>) -> Router {
+    Router::new()
+        .route(
+            "/users",
+            get(user_route).layer(RequireApiKey::new(cache.clone()).users_only()),
+        )
+        .route(
+            "/teams",
+            get(team_route).layer(RequireApiKey::new(cache.clone()).teams_only()),
+        )
+        .route(
+            "/any",
+            get(any_route).layer(RequireApiKey::new(cache.clone())),
+        )
+}
+
+/// Everything one test needs.
+struct Env {
+    upstream: Upstream,
+    admin: StackAuthClient,
+    cache: CachedVerifier<StackAuthVerifier>,
+    app: Router,
+}
+
+impl Env {
+    async fn start() -> Self {
+        Self::with(KeyServerConfig::new(PROJECT, SECRET), SECRET).await
+    }
+
+    /// A key server with `server` config, and a verifier that presents `secret`.
+    async fn with(server: KeyServerConfig, secret: &str) -> Self {
+        let upstream = Upstream::start(server).await;
+        let verifier = StackAuthVerifier::builder(upstream.config(secret))
+            .build()
+            .expect("verifier");
+        let admin = verifier.admin_client();
+        let cache = CachedVerifier::new(verifier.clone());
+        let app = guarded_app(&cache);
+        Self {
+            upstream,
+            admin,
+            cache,
+            app,
+        }
+    }
+
+    fn checks(&self) -> usize {
+        self.upstream.checks()
+    }
+
+    async fn get(&self, path: &str, key: &str) -> Reply {
+        send(&self.app, path, key).await
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+async fn send(app: &Router, path: &str, key: &str) -> Reply {
+    let request = axum::http::Request::builder()
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .body(Body::empty())
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "{path}: body is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+#[track_caller]
+fn assert_refused(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{reply:?}");
+    assert_eq!(reply.body["code"], code, "{reply:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table: what differs between user keys and team keys
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+struct Kind {
+    kind: KeyKind,
+    /// The route that accepts this kind.
+    own_route: &'static str,
+    /// The route that accepts only the other kind.
+    wrong_route: &'static str,
+    /// The field `own_route` answers the owner in.
+    owner_field: &'static str,
+}
+
+const USER: Kind = Kind {
+    kind: KeyKind::User,
+    own_route: "/users",
+    wrong_route: "/teams",
+    owner_field: "user_id",
+};
+
+const TEAM: Kind = Kind {
+    kind: KeyKind::Team,
+    own_route: "/teams",
+    wrong_route: "/users",
+    owner_field: "team_id",
+};
+
+const KINDS: [Kind; 2] = [USER, TEAM];
+
+impl Kind {
+    /// A fresh owner (Stack Auth's ids are UUIDs, and the key server insists on them).
+    fn new_owner(self) -> Owner {
+        let id = Uuid::new_v4().to_string();
+        match self.kind {
+            KeyKind::User => Owner::user(id),
+            _ => Owner::team(id),
+        }
+    }
+
+    /// A well-formed key of this kind that no server ever issued.
+    fn unknown_key(self) -> ApiKey {
+        ApiKey::generate(Uuid::new_v4(), self.kind, false, Deployment::SelfHosted).expect("rng")
+    }
+}
+
+async fn create(admin: &StackAuthClient, owner: &Owner, new: NewKey) -> CreatedKey {
+    let created = admin.create(owner, &new).await.expect("create");
+    assert_eq!(&created.record.owner, owner);
+    assert_eq!(created.record.id, created.key.key_id());
+    assert_eq!(created.key.kind(), owner.kind());
+    assert_eq!(created.record.description, new.description);
+    created
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lifecycle through the layer
+// ---------------------------------------------------------------------------------------------
+
+/// create → valid (1 check) → cached (0) → revoked through the admin client → 401 at once (1)
+/// → expired (1) → valid key of the other kind's route: 403 (1), then its own route from the
+/// cache (0) → unknown key: 401 (1), again (0) → malformed: 401 (0).
+async fn lifecycle(kind: Kind) {
+    let env = Env::start().await;
+    let owner = kind.new_owner();
+
+    let created = create(&env.admin, &owner, NewKey::new("e2e")).await;
+    let key = created.key.expose_secret();
+    assert_eq!(env.checks(), 0, "creating a key checks nothing");
+
+    let reply = env.get(kind.own_route, key).await;
+    assert_eq!(reply.status, StatusCode::OK, "{kind:?}: {reply:?}");
+    assert_eq!(reply.body[kind.owner_field], owner.id(), "{reply:?}");
+    assert_eq!(
+        reply.body["key_id"],
+        created.record.id.to_string(),
+        "{reply:?}"
+    );
+    assert_eq!(
+        env.checks(),
+        1,
+        "{kind:?}: the first request checks upstream once"
+    );
+
+    let reply = env.get(kind.own_route, key).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let reply = env.get("/any", key).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.body["owner_id"], owner.id(), "{reply:?}");
+    assert_eq!(reply.body["kind"], kind.kind.as_str(), "{reply:?}");
+    assert_eq!(env.checks(), 1, "{kind:?}: cache hits cost no check");
+
+    let revoked = env
+        .admin
+        .revoke(&owner, created.record.id)
+        .await
+        .expect("revoke");
+    assert!(revoked.revoked_at.is_some(), "{revoked:?}");
+    assert_eq!(env.checks(), 1, "revoking checks nothing");
+    let reply = env.get(kind.own_route, key).await;
+    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    assert_eq!(
+        env.checks(),
+        2,
+        "{kind:?}: the revocation emptied the cache, so exactly one more check"
+    );
+    let reply = env.get("/any", key).await;
+    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    assert_eq!(env.checks(), 2, "{kind:?}: the refusal is cached");
+
+    let past = SystemTime::now() - Duration::from_secs(60);
+    let expired = create(&env.admin, &owner, NewKey::new("expired").expires_at(past)).await;
+    let reply = env.get(kind.own_route, expired.key.expose_secret()).await;
+    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    assert_eq!(env.checks(), 3, "{kind:?}: an expired key costs one check");
+
+    let fresh = create(&env.admin, &owner, NewKey::new("fresh")).await;
+    let reply = env.get(kind.wrong_route, fresh.key.expose_secret()).await;
+    assert_refused(&reply, StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE");
+    assert_eq!(env.checks(), 4, "{kind:?}: the key was verified, once");
+    let reply = env.get(kind.own_route, fresh.key.expose_secret()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.body["key_id"], fresh.record.id.to_string());
+    assert_eq!(env.checks(), 4, "{kind:?}: the valid verdict was cached");
+
+    let unknown = kind.unknown_key();
+    let reply = env.get(kind.own_route, unknown.expose_secret()).await;
+    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    assert_eq!(env.checks(), 5, "{kind:?}: an unknown key costs one check");
+    let reply = env.get(kind.own_route, unknown.expose_secret()).await;
+    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    assert_eq!(env.checks(), 5, "{kind:?}: negative cache");
+
+    let reply = env.get(kind.own_route, "sk_not_a_stack_auth_key").await;
+    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    assert_eq!(env.checks(), 5, "{kind:?}: a malformed key costs no check");
+
+    let stats = env.cache.stats();
+    assert_eq!(stats.verifier_calls, 5, "{stats:?}");
+    assert_eq!(stats.errors, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn user_key_lifecycle_through_the_layer() {
+    lifecycle(USER).await;
+}
+
+#[tokio::test]
+async fn team_key_lifecycle_through_the_layer() {
+    lifecycle(TEAM).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin client
+// ---------------------------------------------------------------------------------------------
+
+/// create, list (newest first), get, update_description and revoke round-trip through the key
+/// server with Stack Auth's wire format.
+#[tokio::test]
+async fn admin_client_round_trips() {
+    let env = Env::start().await;
+    for kind in KINDS {
+        let owner = kind.new_owner();
+        let first = create(&env.admin, &owner, NewKey::new("first")).await;
+        let expiry = SystemTime::now() + Duration::from_secs(3_600);
+        let second = create(
+            &env.admin,
+            &owner,
+            NewKey::new("second").public(true).expires_at(expiry),
+        )
+        .await;
+        assert!(second.key.is_public());
+        assert!(second.record.is_public);
+        let expires_at = second.record.expires_at.expect("expires_at");
+        let skew = expiry
+            .duration_since(expires_at)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            skew < Duration::from_millis(1),
+            "expiry round-trips to the ms"
+        );
+        // Noise: another owner of the same kind.
+        create(&env.admin, &kind.new_owner(), NewKey::new("other")).await;
+
+        let listed = env.admin.list(&owner).await.expect("list");
+        let ids: Vec<Uuid> = listed.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [second.record.id, first.record.id], "newest first");
+        assert_eq!(listed[0], second.record, "{kind:?}");
+        assert_eq!(listed[1], first.record, "{kind:?}");
+        assert_eq!(listed[1].last_four, first.key.last_four());
+        assert_eq!(listed[1].revoked_at, None);
+
+        let got = env.admin.get(&owner, first.record.id).await.expect("get");
+        assert_eq!(got, first.record, "{kind:?}");
+
+        let renamed = env
+            .admin
+            .update_description(&owner, first.record.id, "renamed")
+            .await
+            .expect("update");
+        assert_eq!(renamed.description, "renamed");
+        assert_eq!(renamed.id, first.record.id);
+        let got = env.admin.get(&owner, first.record.id).await.expect("get");
+        assert_eq!(got.description, "renamed");
+        let listed = env.admin.list(&owner).await.expect("list");
+        assert_eq!(listed[1].description, "renamed");
+
+        let revoked = env
+            .admin
+            .revoke(&owner, first.record.id)
+            .await
+            .expect("revoke");
+        let at = revoked.revoked_at.expect("revoked_at");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let again = env
+            .admin
+            .revoke(&owner, first.record.id)
+            .await
+            .expect("revoke again");
+        assert_eq!(again.revoked_at, Some(at), "a second revoke keeps the time");
+        let got = env.admin.get(&owner, first.record.id).await.expect("get");
+        assert_eq!(got.revoked_at, Some(at));
+    }
+    assert_eq!(env.checks(), 0, "key management never checks");
+}
+
+/// A known error from the key API becomes `StackAuthError::Api` with its status and code.
+#[tokio::test]
+async fn admin_errors_carry_the_known_error_code() {
+    let env = Env::start().await;
+    for kind in KINDS {
+        let owner = kind.new_owner();
+        let error = env
+            .admin
+            .get(&owner, Uuid::new_v4())
+            .await
+            .expect_err("unknown id");
+        match &error {
+            StackAuthError::Api {
+                status,
+                code,
+                message,
+                ..
+            } => {
+                assert_eq!(*status, 404, "{error}");
+                assert_eq!(code.as_deref(), Some("API_KEY_NOT_FOUND"), "{error}");
+                assert_eq!(message, "API key not found.", "{error}");
+            }
+            other => panic!("expected StackAuthError::Api, got {other:?}"),
+        }
+        assert_eq!(error.code(), Some("API_KEY_NOT_FOUND"));
+        assert_eq!(error.status(), Some(404));
+
+        let error = env
+            .admin
+            .revoke(&owner, Uuid::new_v4())
+            .await
+            .expect_err("unknown id");
+        assert_eq!(error.code(), Some("API_KEY_NOT_FOUND"), "{error}");
+
+        // A key of another owner is not found either.
+        let created = create(&env.admin, &owner, NewKey::new("mine")).await;
+        let error = env
+            .admin
+            .get(&kind.new_owner(), created.record.id)
+            .await
+            .expect_err("another owner");
+        assert_eq!(error.code(), Some("API_KEY_NOT_FOUND"), "{error}");
+    }
+
+    // Another secret: INVALID_SECRET_SERVER_KEY, with the project in the details.
+    let wrong = StackAuthClient::new(env.upstream.config("ssk_wrong")).expect("client");
+    let error = wrong
+        .list(&USER.new_owner())
+        .await
+        .expect_err("wrong secret");
+    assert_eq!(error.code(), Some("INVALID_SECRET_SERVER_KEY"), "{error}");
+    assert_eq!(error.status(), Some(401), "{error}");
+    match &error {
+        StackAuthError::Api { details, .. } => {
+            assert_eq!(
+                details.as_ref().map(|d| d["project_id"].clone()),
+                Some(json!(PROJECT))
+            );
+        }
+        other => panic!("expected StackAuthError::Api, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Misconfiguration: 503, never cached
+// ---------------------------------------------------------------------------------------------
+
+#[track_caller]
+fn assert_unavailable(reply: &Reply) {
+    assert_refused(
+        reply,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "VERIFIER_UNAVAILABLE",
+    );
+    let retry_after = reply
+        .headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("503 without Retry-After: {reply:?}"));
+    assert!(
+        retry_after.parse::<u64>().is_ok_and(|s| s >= 1),
+        "Retry-After: {retry_after}"
+    );
+    assert!(
+        reply.headers.get(header::WWW_AUTHENTICATE).is_none(),
+        "a verifier failure never blames the key: {reply:?}"
+    );
+}
+
+/// A verifier with the wrong secret server key: the upstream answers 401
+/// `INVALID_SECRET_SERVER_KEY`, which is the operator's fault, not the caller's: 503, not 401,
+/// and not cached, so the next request asks upstream again.
+#[tokio::test]
+async fn a_wrong_secret_is_503_and_never_cached() {
+    let env = Env::with(KeyServerConfig::new(PROJECT, SECRET), "ssk_wrong").await;
+    let good = StackAuthClient::new(env.upstream.config(SECRET)).expect("client");
+    for (i, kind) in KINDS.into_iter().enumerate() {
+        let owner = kind.new_owner();
+        let created = create(&good, &owner, NewKey::new("valid")).await;
+        let before = env.checks();
+        assert_eq!(before, 2 * i);
+
+        let reply = env.get(kind.own_route, created.key.expose_secret()).await;
+        assert_unavailable(&reply);
+        assert_eq!(env.checks(), before + 1, "{kind:?}: one check, no retry");
+        let reply = env.get(kind.own_route, created.key.expose_secret()).await;
+        assert_unavailable(&reply);
+        assert_eq!(env.checks(), before + 2, "{kind:?}: errors are not cached");
+    }
+    assert_eq!(env.cache.stats().errors, 4);
+}
+
+/// A key server with user keys disabled answers the check with Stack Auth's plain-text 400:
+/// 503 for user keys, every time; team keys still work.
+#[tokio::test]
+async fn disabled_user_keys_upstream_is_503() {
+    let env = Env::with(
+        KeyServerConfig::new(PROJECT, SECRET).user_keys(false),
+        SECRET,
+    )
+    .await;
+    let user_key = USER.unknown_key();
+    let reply = env.get("/users", user_key.expose_secret()).await;
+    assert_unavailable(&reply);
+    assert_eq!(env.checks(), 1);
+    let reply = env.get("/users", user_key.expose_secret()).await;
+    assert_unavailable(&reply);
+    assert_eq!(env.checks(), 2, "errors are not cached");
+
+    let error = env
+        .admin
+        .create(&USER.new_owner(), &NewKey::new("nope"))
+        .await
+        .expect_err("user keys are disabled");
+    assert_eq!(error.status(), Some(400), "{error}");
+    assert_eq!(
+        error.code(),
+        None,
+        "a plain-text error has no code: {error}"
+    );
+
+    let owner = TEAM.new_owner();
+    let team = create(&env.admin, &owner, NewKey::new("team")).await;
+    let reply = env.get("/teams", team.key.expose_secret()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.body["team_id"], owner.id());
+    assert_eq!(env.checks(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency: single flight over real HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// 500 concurrent requests with one valid, uncached key: all 200, one upstream check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_new_key_cost_one_check() {
+    let env = Env::start().await;
+    let owner = USER.new_owner();
+    let created = create(&env.admin, &owner, NewKey::new("hot")).await;
+    let key: Arc<str> = Arc::from(created.key.expose_secret());
+
+    let tasks: Vec<_> = (0..500)
+        .map(|_| {
+            let app = env.app.clone();
+            let key = Arc::clone(&key);
+            tokio::spawn(async move { send(&app, "/users", &key).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        let reply = task.await.expect("task");
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert_eq!(reply.body["user_id"], owner.id());
+        ok += 1;
+    }
+    assert_eq!(ok, 500);
+    assert_eq!(env.checks(), 1, "500 concurrent misses share one check");
+    assert_eq!(env.cache.stats().verifier_calls, 1);
+}

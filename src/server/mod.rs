@@ -122,7 +122,10 @@ pub fn key_server<S: KeyStore>(store: S, config: KeyServerConfig) -> Router {
             .route(
                 &format!("{base}/{{api_key_id}}"),
                 get(
-                    move |s: Shared<S>, h: HeaderMap, p: Path<String>, q: Query<Map<String, Value>>| {
+                    move |s: Shared<S>,
+                          h: HeaderMap,
+                          p: Path<String>,
+                          q: Query<Map<String, Value>>| {
                         read(s, kind, h, p, q)
                     },
                 )
@@ -143,7 +146,10 @@ pub fn key_server<S: KeyStore>(store: S, config: KeyServerConfig) -> Router {
 /// Every Stack Auth response carries these.
 async fn every_response(mut response: Response) -> Response {
     let headers = response.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store, max-age=0"));
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("no-store, max-age=0"),
+    );
     if let Ok(id) = HeaderValue::from_str(&Uuid::new_v4().to_string()) {
         headers.insert(HeaderName::from_static("x-stack-request-id"), id);
     }
@@ -166,13 +172,20 @@ impl ApiError {
         let message = message.into();
         ApiError::Known(
             StatusCode::BAD_REQUEST,
-            KnownError::new("SCHEMA_ERROR", format!("Request validation failed: {message}"))
-                .with_details(json!({ "message": message })),
+            KnownError::new(
+                "SCHEMA_ERROR",
+                format!("Request validation failed: {message}"),
+            )
+            .with_details(json!({ "message": message })),
         )
     }
 
     fn not_found() -> Self {
-        Self::known(StatusCode::NOT_FOUND, "API_KEY_NOT_FOUND", "API key not found.")
+        Self::known(
+            StatusCode::NOT_FOUND,
+            "API_KEY_NOT_FOUND",
+            "API key not found.",
+        )
     }
 
     fn invalid(reason: InvalidReason, expected: KeyKind) -> Self {
@@ -395,8 +408,17 @@ fn owner_id(kind: KeyKind, field: &str, id: &str) -> ApiResult<Owner> {
 fn json_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>> {
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     match content_type {
-        None => return Err(ApiError::schema("body is required (send content-type: application/json)")),
-        Some(ct) if !ct.trim_start().to_ascii_lowercase().starts_with("application/json") => {
+        None => {
+            return Err(ApiError::schema(
+                "body is required (send content-type: application/json)",
+            ))
+        }
+        Some(ct)
+            if !ct
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json") =>
+        {
             return Err(ApiError::known(
                 StatusCode::BAD_REQUEST,
                 "BODY_PARSING_ERROR",
@@ -446,12 +468,20 @@ async fn create<S: KeyStore>(
         _ => return Err(ApiError::schema("description must be a string")),
     };
     let expires_at = match body.get("expires_at_millis") {
-        None => return Err(ApiError::schema("expires_at_millis must be defined (null for never)")),
+        None => {
+            return Err(ApiError::schema(
+                "expires_at_millis must be defined (null for never)",
+            ))
+        }
         Some(Value::Null) => None,
         Some(v) => match v.as_i64() {
             Some(0) => None,
             Some(ms) if ms > 0 => Some(from_millis(ms)),
-            _ => return Err(ApiError::schema("expires_at_millis must be a positive number or null")),
+            _ => {
+                return Err(ApiError::schema(
+                    "expires_at_millis must be a positive number or null",
+                ))
+            }
         },
     };
     let is_public = match body.get("is_public") {
@@ -516,7 +546,11 @@ async fn update<S: KeyStore>(
     let revoke = match body.get("revoked") {
         None => false,
         Some(Value::Bool(true)) => true,
-        Some(_) => return Err(ApiError::schema("revoked must be one of the following values: true")),
+        Some(_) => {
+            return Err(ApiError::schema(
+                "revoked must be one of the following values: true",
+            ))
+        }
     };
     let mut record = server.owned(kind, &id, &query).await?;
     if let Some(description) = description {

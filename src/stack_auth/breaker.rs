@@ -13,8 +13,12 @@ pub(crate) struct Breaker {
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One probe is in flight; everyone else is turned away.
     Probing,
 }
@@ -114,7 +118,10 @@ mod tests {
         assert!(matches!(b.admit(), Admission::Rejected(_)));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(b.admit(), Admission::Allowed, "probe");
-        assert!(matches!(b.admit(), Admission::Rejected(_)), "one probe at a time");
+        assert!(
+            matches!(b.admit(), Admission::Rejected(_)),
+            "one probe at a time"
+        );
         b.record_success();
         assert_eq!(b.admit(), Admission::Allowed);
     }

@@ -84,7 +84,10 @@ impl StackAuthClient {
     }
 
     /// A client on an existing `reqwest::Client`.
-    pub fn with_client(config: StackAuthConfig, client: reqwest::Client) -> Result<Self, ConfigError> {
+    pub fn with_client(
+        config: StackAuthConfig,
+        client: reqwest::Client,
+    ) -> Result<Self, ConfigError> {
         let headers = config.headers()?;
         Ok(Self::from_parts(
             config,
@@ -135,10 +138,13 @@ impl StackAuthClient {
             .call(Method::POST, collection(owner.kind()), &[], Some(body))
             .await?;
         let KeyValue::Full(value) = &object.value else {
-            return Err(StackAuthError::InvalidResponse("the create response has no full key".into()));
+            return Err(StackAuthError::InvalidResponse(
+                "the create response has no full key".into(),
+            ));
         };
-        let key = ApiKey::parse(value)
-            .map_err(|e| StackAuthError::InvalidResponse(format!("the new key is malformed: {e}")))?;
+        let key = ApiKey::parse(value).map_err(|e| {
+            StackAuthError::InvalidResponse(format!("the new key is malformed: {e}"))
+        })?;
         let record = object
             .to_record()
             .ok_or_else(|| StackAuthError::InvalidResponse("the new key names no owner".into()))?;
@@ -148,7 +154,12 @@ impl StackAuthClient {
     /// The owner's keys, newest first.
     pub async fn list(&self, owner: &Owner) -> Result<Vec<KeyRecord>, StackAuthError> {
         let list: ApiKeyList = self
-            .call(Method::GET, collection(owner.kind()), &owner_query(owner), None)
+            .call(
+                Method::GET,
+                collection(owner.kind()),
+                &owner_query(owner),
+                None,
+            )
             .await?;
         list.items.iter().map(to_record).collect()
     }
@@ -156,7 +167,12 @@ impl StackAuthClient {
     /// One key.
     pub async fn get(&self, owner: &Owner, key_id: Uuid) -> Result<KeyRecord, StackAuthError> {
         let object: ApiKeyObject = self
-            .call(Method::GET, &item(owner.kind(), key_id), &owner_query(owner), None)
+            .call(
+                Method::GET,
+                &item(owner.kind(), key_id),
+                &owner_query(owner),
+                None,
+            )
             .await?;
         to_record(&object)
     }
@@ -170,7 +186,12 @@ impl StackAuthClient {
     ) -> Result<KeyRecord, StackAuthError> {
         let body = serde_json::json!({ "description": description });
         let object: ApiKeyObject = self
-            .call(Method::PATCH, &item(owner.kind(), key_id), &owner_query(owner), Some(body))
+            .call(
+                Method::PATCH,
+                &item(owner.kind(), key_id),
+                &owner_query(owner),
+                Some(body),
+            )
             .await?;
         to_record(&object)
     }
@@ -179,7 +200,12 @@ impl StackAuthClient {
     pub async fn revoke(&self, owner: &Owner, key_id: Uuid) -> Result<KeyRecord, StackAuthError> {
         let body = serde_json::json!({ "revoked": true });
         let object: ApiKeyObject = self
-            .call(Method::PATCH, &item(owner.kind(), key_id), &owner_query(owner), Some(body))
+            .call(
+                Method::PATCH,
+                &item(owner.kind(), key_id),
+                &owner_query(owner),
+                Some(body),
+            )
             .await?;
         self.inner.listeners.notify(key_id);
         to_record(&object)
@@ -200,7 +226,8 @@ impl StackAuthClient {
             .timeout(self.inner.timeout)
             .query(query);
         if let Some(body) = body {
-            let bytes = serde_json::to_vec(&body).map_err(|e| StackAuthError::InvalidResponse(e.to_string()))?;
+            let bytes = serde_json::to_vec(&body)
+                .map_err(|e| StackAuthError::InvalidResponse(e.to_string()))?;
             request = request
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(bytes);

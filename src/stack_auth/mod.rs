@@ -113,9 +113,13 @@ impl StackAuthConfig {
             ));
         }
         let value = |name: &'static str, v: &str| {
-            HeaderValue::from_str(v).map_err(|_| ConfigError::Invalid(name, "not a header value".into()))
+            HeaderValue::from_str(v)
+                .map_err(|_| ConfigError::Invalid(name, "not a header value".into()))
         };
-        let mut secret = value("STACK_SECRET_SERVER_KEY", self.secret_server_key.expose_secret())?;
+        let mut secret = value(
+            "STACK_SECRET_SERVER_KEY",
+            self.secret_server_key.expose_secret(),
+        )?;
         secret.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -141,9 +145,11 @@ impl fmt::Debug for StackAuthConfig {
     }
 }
 
-/// The default HTTP client: rustls, no proxy from the environment, modest pool.
+/// The default HTTP client: rustls, no proxy from the environment (the server key must not
+/// reach a proxy nobody chose for it; inject a client to use one), modest pool.
 pub(crate) fn default_client() -> Result<reqwest::Client, ConfigError> {
     reqwest::Client::builder()
+        .no_proxy()
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| ConfigError::Client(e.to_string()))

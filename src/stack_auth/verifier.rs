@@ -284,8 +284,7 @@ impl Shared {
             let outcome = if per_attempt.is_zero() {
                 Attempt::Done(Err(timeout(self.deadline)))
             } else {
-                match tokio::time::timeout(per_attempt, self.attempt(url, body.clone(), key))
-                    .await
+                match tokio::time::timeout(per_attempt, self.attempt(url, body.clone(), key)).await
                 {
                     Ok(outcome) => outcome,
                     Err(_) => Attempt::Retry(timeout(per_attempt), None),
@@ -354,7 +353,13 @@ impl Shared {
         self.classify(status, &headers, &body, key)
     }
 
-    fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &[u8], key: &ApiKey) -> Attempt {
+    fn classify(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        key: &ApiKey,
+    ) -> Attempt {
         // A proxy may have turned an error into a 200 the way Stack's SDK asks it to.
         let status = headers
             .get(ACTUAL_STATUS)
@@ -374,7 +379,11 @@ impl Shared {
         let is_json = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
         let result = if status == StatusCode::OK {
             if is_json {
                 interpret_ok(body, key).map_err(upstream)
@@ -387,7 +396,9 @@ impl Shared {
         } else if status.is_client_error() && is_json {
             match serde_json::from_slice::<KnownError>(body) {
                 Ok(known) => self.interpret_known_error(status, headers, known),
-                Err(_) => Err(upstream(format!("Stack Auth answered {status} with a body that is not a known error"))),
+                Err(_) => Err(upstream(format!(
+                    "Stack Auth answered {status} with a body that is not a known error"
+                ))),
             }
         } else if status == StatusCode::BAD_REQUEST
             && String::from_utf8_lossy(body).contains("API keys are not enabled")
@@ -400,7 +411,9 @@ impl Shared {
                 ),
             ))
         } else {
-            Err(upstream(format!("Stack Auth answered {status} unexpectedly")))
+            Err(upstream(format!(
+                "Stack Auth answered {status} unexpectedly"
+            )))
         };
         Attempt::Done(result)
     }
@@ -415,7 +428,10 @@ impl Shared {
             if header.as_bytes() != known.code.as_bytes() {
                 return Err(VerifyError::new(
                     VerifyErrorKind::Upstream,
-                    format!("x-stack-known-error disagrees with the body's code {:?}", known.code),
+                    format!(
+                        "x-stack-known-error disagrees with the body's code {:?}",
+                        known.code
+                    ),
                 ));
             }
         }
