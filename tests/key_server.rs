@@ -949,10 +949,7 @@ async fn no_access_headers_is_access_type_required() {
 /// `PROJECT_KEY_WITHOUT_ACCESS_TYPE`." (Stack's `smart-request.tsx` `parseAuth` throws
 /// `ProjectKeyWithoutAccessType` when any project key header is present but the access type is
 /// not, before anything else.)
-// BUG: src/server/mod.rs `Server::admit` (the `None =>` arm of `match
-// header("x-stack-access-type")`) answers every request without an access type with
-// `ACCESS_TYPE_REQUIRED`, also when `x-stack-secret-server-key` is sent; Stack Auth answers 400
-// `PROJECT_KEY_WITHOUT_ACCESS_TYPE` then. This test fails until that is fixed.
+// A project key sent without an access type: Stack Auth's `PROJECT_KEY_WITHOUT_ACCESS_TYPE`.
 #[tokio::test]
 async fn a_server_key_without_access_type_is_project_key_without_access_type() {
     let api = Api::new();

@@ -93,6 +93,14 @@ impl std::fmt::Debug for KeyServerConfig {
     }
 }
 
+/// Headers that carry a project key or a user token.
+const PROJECT_KEY_HEADERS: [&str; 4] = [
+    "x-stack-secret-server-key",
+    "x-stack-publishable-client-key",
+    "x-stack-super-secret-admin-key",
+    "x-stack-access-token",
+];
+
 struct Server<S> {
     store: S,
     config: KeyServerConfig,
@@ -272,6 +280,14 @@ impl<S: KeyStore> Server<S> {
     fn admit(&self, headers: &HeaderMap, kind: KeyKind) -> ApiResult<()> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let access = match header("x-stack-access-type") {
+            // A project key without an access type is its own error in Stack Auth.
+            None if PROJECT_KEY_HEADERS.iter().any(|h| headers.contains_key(*h)) => {
+                return Err(ApiError::known(
+                    StatusCode::BAD_REQUEST,
+                    "PROJECT_KEY_WITHOUT_ACCESS_TYPE",
+                    "Either an access token or a project key was given, but the x-stack-access-type header is missing. Set it to 'client', 'server', or 'admin' as appropriate.",
+                ))
+            }
             None => {
                 return Err(ApiError::known(
                     StatusCode::BAD_REQUEST,
@@ -296,10 +312,13 @@ impl<S: KeyStore> Server<S> {
             ));
         };
         if project_id != self.config.project_id {
-            return Err(ApiError::known(
+            return Err(ApiError::Known(
                 StatusCode::BAD_REQUEST,
-                "CURRENT_PROJECT_NOT_FOUND",
-                "The current project does not exist.",
+                KnownError::new(
+                    "CURRENT_PROJECT_NOT_FOUND",
+                    "The current project does not exist.",
+                )
+                .with_details(json!({ "project_id": project_id })),
             ));
         }
         if access != "server" {
