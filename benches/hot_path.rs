@@ -1,20 +1,43 @@
-//! The cost of the guard on the request path, in process: an axum `Router` driven with
-//! `oneshot`, the same trivial handler in every variant.
+//! The cost of an auth layer on the request path, in process: an axum `Router` driven with
+//! `oneshot`, the same trivial handler in every variant, all in one criterion group so the
+//! ratios come from one run.
 //!
 //! ```text
 //! cargo bench --bench hot_path
 //! ```
+//!
+//! Variants:
+//! - `bare_router`: no auth (the baseline);
+//! - `floor_validate_header_hashmap`: tower-http `ValidateRequestHeaderLayer::custom` doing a
+//!   synchronous `HashMap` lookup of the bearer token and inserting an extension (the cheapest
+//!   layer that checks anything);
+//! - `handrolled_async_moka`: tower-http `AsyncRequireAuthorizationLayer` with a moka lookup and an
+//!   extension insert (what a user would write by hand);
+//! - `jwt_hs256`: an HS256 JWT verified per request with `jsonwebtoken`;
+//! - `keygate_cache_hit`: `RequireApiKey` over a warm `CachedVerifier<MemoryKeyStore>`;
+//! - `keygate_memory_store_no_cache`: `RequireApiKey` straight over `MemoryKeyStore`;
+//! - `keygate_malformed_rejected`: a key with a bad checksum, refused before any lookup.
 
+// tower-http's `ValidateRequest` returns `Result<(), Response>`: the shape is theirs.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use keygate::{CachedVerifier, KeyStore, MemoryKeyStore, NewKey, Owner, RequireApiKey};
 use tower::ServiceExt;
+use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 async fn handler() -> &'static str {
     "ok"
@@ -27,6 +50,59 @@ fn request(bearer: &HeaderValue) -> Request<Body> {
     request
 }
 
+fn unauthorized() -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response
+}
+
+fn bearer_token(request: &Request<Body>) -> Option<&str> {
+    request
+        .headers()
+        .get(AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// Who a hand-rolled layer says the caller is (inserted like keygate's principal, read by no one here).
+#[derive(Clone)]
+#[allow(dead_code)]
+struct Caller(Arc<str>);
+
+/// The hand-rolled layer: a moka lookup in a boxed future.
+#[derive(Clone)]
+struct MokaAuth(moka::future::Cache<String, Arc<str>>);
+
+impl AsyncAuthorizeRequest<Body> for MokaAuth {
+    type RequestBody = Body;
+    type ResponseBody = Body;
+    type Future = Pin<Box<dyn Future<Output = Result<Request<Body>, Response<Body>>> + Send>>;
+
+    fn authorize(&mut self, mut request: Request<Body>) -> Self::Future {
+        let cache = self.0.clone();
+        Box::pin(async move {
+            let token = bearer_token(&request).map(str::to_owned);
+            match token {
+                Some(token) => match cache.get(&token).await {
+                    Some(user) => {
+                        request.extensions_mut().insert(Caller(user));
+                        Ok(request)
+                    }
+                    None => Err(unauthorized()),
+                },
+                None => Err(unauthorized()),
+            }
+        })
+    }
+}
+
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+}
+
 fn hot_path(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -36,13 +112,70 @@ fn hot_path(c: &mut Criterion) {
     let created = rt
         .block_on(store.create(Owner::user("user-1"), NewKey::new("bench")))
         .expect("create");
-    let bearer =
-        HeaderValue::from_str(&format!("Bearer {}", created.key.expose_secret())).expect("header");
-    let mut malformed_key = created.key.expose_secret().to_owned();
+    let key = created.key.expose_secret().to_owned();
+    let bearer = HeaderValue::from_str(&format!("Bearer {key}")).expect("header");
+    let mut malformed_key = key.clone();
     malformed_key.replace_range(100.., "zz");
     let malformed = HeaderValue::from_str(&format!("Bearer {malformed_key}")).expect("header");
 
     let bare = Router::new().route("/", get(handler));
+
+    let table: Arc<HashMap<String, Arc<str>>> =
+        Arc::new(HashMap::from([(key.clone(), Arc::from("user-1"))]));
+    let floor = Router::new()
+        .route("/", get(handler))
+        .layer(ValidateRequestHeaderLayer::custom(
+            move |request: &mut Request<Body>| {
+                let user = bearer_token(request).and_then(|t| table.get(t)).cloned();
+                match user {
+                    Some(user) => {
+                        request.extensions_mut().insert(Caller(user));
+                        Ok(())
+                    }
+                    None => Err(unauthorized()),
+                }
+            },
+        ));
+
+    let moka = moka::future::Cache::new(10_000);
+    rt.block_on(moka.insert(key.clone(), Arc::from("user-1")));
+    let handrolled = Router::new()
+        .route("/", get(handler))
+        .layer(AsyncRequireAuthorizationLayer::new(MokaAuth(moka)));
+
+    let secret = b"bench-secret-bench-secret-bench-secret";
+    let jwt = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &Claims {
+            sub: "user-1".into(),
+            exp: 4_000_000_000,
+        },
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("jwt");
+    let jwt_bearer = HeaderValue::from_str(&format!("Bearer {jwt}")).expect("header");
+    let decoding = DecodingKey::from_secret(secret);
+    let validation = Validation::new(Algorithm::HS256);
+    let jwt_router =
+        Router::new()
+            .route("/", get(handler))
+            .layer(ValidateRequestHeaderLayer::custom(
+                move |request: &mut Request<Body>| {
+                    let claims = bearer_token(request).and_then(|t| {
+                        jsonwebtoken::decode::<Claims>(t, &decoding, &validation).ok()
+                    });
+                    match claims {
+                        Some(data) => {
+                            request
+                                .extensions_mut()
+                                .insert(Caller(Arc::from(data.claims.sub)));
+                            Ok(())
+                        }
+                        None => Err(unauthorized()),
+                    }
+                },
+            ));
+
     let cached = Router::new()
         .route("/", get(handler))
         .layer(RequireApiKey::new(CachedVerifier::new(store.clone())));
@@ -50,24 +183,47 @@ fn hot_path(c: &mut Criterion) {
         .route("/", get(handler))
         .layer(RequireApiKey::new(store.clone()));
 
-    // Every variant must do what it claims before it is timed.
-    let status = |router: &Router, header: &HeaderValue| {
-        rt.block_on(router.clone().oneshot(request(header)))
+    let variants = [
+        ("bare_router", &bare, &bearer, StatusCode::OK),
+        (
+            "floor_validate_header_hashmap",
+            &floor,
+            &bearer,
+            StatusCode::OK,
+        ),
+        (
+            "handrolled_async_moka",
+            &handrolled,
+            &bearer,
+            StatusCode::OK,
+        ),
+        ("jwt_hs256", &jwt_router, &jwt_bearer, StatusCode::OK),
+        ("keygate_cache_hit", &cached, &bearer, StatusCode::OK),
+        (
+            "keygate_memory_store_no_cache",
+            &uncached,
+            &bearer,
+            StatusCode::OK,
+        ),
+        (
+            "keygate_malformed_rejected",
+            &cached,
+            &malformed,
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+
+    // Every variant must do what it claims before it is timed (and warms the cache).
+    for (name, router, header, expected) in variants {
+        let status = rt
+            .block_on(Router::clone(router).oneshot(request(header)))
             .map(|r| r.status())
-            .expect("infallible")
-    };
-    assert_eq!(status(&bare, &bearer), StatusCode::OK);
-    assert_eq!(status(&cached, &bearer), StatusCode::OK);
-    assert_eq!(status(&uncached, &bearer), StatusCode::OK);
-    assert_eq!(status(&cached, &malformed), StatusCode::UNAUTHORIZED);
+            .expect("infallible");
+        assert_eq!(status, expected, "{name}");
+    }
 
     let mut group = c.benchmark_group("hot_path");
-    for (name, router, header) in [
-        ("bare_router", &bare, &bearer),
-        ("keygate_cache_hit", &cached, &bearer),
-        ("keygate_memory_store_no_cache", &uncached, &bearer),
-        ("keygate_malformed_rejected", &cached, &malformed),
-    ] {
+    for (name, router, header, _) in variants {
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
                 let response = router.clone().oneshot(request(header)).await;

@@ -49,6 +49,7 @@ pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 pub const DEFAULT_MAX_NEGATIVE_ENTRIES: u64 = 10_000;
 
 type Flight = Arc<OnceCell<Result<Verdict, VerifyError>>>;
+type FlightKey = (KeyDigest, u64);
 
 /// A caching [`KeyVerifier`] wrapper. Cheap to clone: clones share one cache.
 pub struct CachedVerifier<V> {
@@ -66,7 +67,9 @@ impl<V> Clone for CachedVerifier<V> {
 struct Shared<V> {
     verifier: V,
     caches: Caches,
-    inflight: Mutex<HashMap<KeyDigest, Flight>>,
+    /// Lookups under way, by digest and by the invalidation epoch they started in: a request
+    /// that arrives after an invalidation never joins a lookup that started before it.
+    inflight: Mutex<HashMap<FlightKey, Flight>>,
     counters: Counters,
     /// Keeps the revocation hook registered with the verifier alive.
     on_revoke: Arc<dyn Fn(Uuid) + Send + Sync>,
@@ -76,17 +79,30 @@ struct Shared<V> {
 struct Caches {
     valid: Cache<KeyDigest, Arc<KeyInfo>>,
     invalid: Cache<KeyDigest, InvalidReason>,
-    by_key_id: Cache<Uuid, KeyDigest>,
-    /// Bumped on every invalidation, so that a lookup that started before it does not cache
-    /// a verdict it may have read before the revocation.
+    /// Bumped on every invalidation, before anything is removed, so that a lookup that started
+    /// before it does not cache a verdict it may have read before the revocation.
     epoch: Arc<AtomicU64>,
 }
 
 impl Caches {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn invalidate_key_id(&self, key_id: Uuid) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        if let Some(digest) = self.by_key_id.remove(&key_id) {
-            self.valid.invalidate(&digest);
+        self.bump();
+        // moka stops returning every matching entry inserted before this call at once, and
+        // removes them in its housekeeping.
+        if let Err(error) = self
+            .valid
+            .invalidate_entries_if(move |_, info| info.key_id == key_id)
+        {
+            tracing::error!(%error, "targeted invalidation refused; dropping every cached verdict");
+            self.valid.invalidate_all();
         }
     }
 }
@@ -163,19 +179,15 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
         let valid = Cache::builder()
             .max_capacity(self.max_entries)
             .expire_after(ValidExpiry { ttl })
+            .support_invalidation_closures()
             .build();
         let invalid = Cache::builder()
             .max_capacity(self.max_negative_entries)
             .time_to_live(self.negative_ttl)
             .build();
-        let by_key_id = Cache::builder()
-            .max_capacity(self.max_entries)
-            .time_to_live(ttl)
-            .build();
         let caches = Caches {
             valid,
             invalid,
-            by_key_id,
             epoch: Arc::new(AtomicU64::new(0)),
         };
         let hook_caches = caches.clone();
@@ -242,10 +254,9 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     /// Forgets any verdict on `key`.
     pub fn invalidate(&self, key: &ApiKey) {
         let caches = &self.shared.caches;
-        caches.epoch.fetch_add(1, Ordering::AcqRel);
+        caches.bump();
         caches.valid.invalidate(key.digest());
         caches.invalid.invalidate(key.digest());
-        caches.by_key_id.invalidate(&key.key_id());
     }
 
     /// Forgets the valid verdict on the key with this id (what a revocation does).
@@ -262,10 +273,9 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     /// Forgets every verdict.
     pub fn invalidate_all(&self) {
         let caches = &self.shared.caches;
-        caches.epoch.fetch_add(1, Ordering::AcqRel);
+        caches.bump();
         caches.valid.invalidate_all();
         caches.invalid.invalidate_all();
-        caches.by_key_id.invalidate_all();
     }
 
     /// The counters so far.
@@ -286,7 +296,6 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     pub fn run_pending_tasks(&self) {
         self.shared.caches.valid.run_pending_tasks();
         self.shared.caches.invalid.run_pending_tasks();
-        self.shared.caches.by_key_id.run_pending_tasks();
     }
 
     /// The cached verdict, if any, counting a hit.
@@ -324,14 +333,16 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         let caches = &self.shared.caches;
         match result {
             Ok(Verdict::Valid(info)) => {
-                if caches.epoch.load(Ordering::Acquire) != epoch
-                    || info.is_expired_at(SystemTime::now())
-                {
+                if caches.epoch() != epoch || info.is_expired_at(SystemTime::now()) {
                     return;
                 }
                 caches.invalid.invalidate(key.digest());
-                caches.by_key_id.insert(key.key_id(), *key.digest());
                 caches.valid.insert(*key.digest(), Arc::clone(info));
+                // An invalidation that bumped the epoch after the check above may have run
+                // before the insert and missed it: look again, and undo.
+                if caches.epoch() != epoch {
+                    caches.valid.invalidate(key.digest());
+                }
             }
             Ok(Verdict::Invalid(reason)) => caches.invalid.insert(*key.digest(), *reason),
             Err(error) => {
@@ -341,12 +352,11 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         }
     }
 
-    async fn load(&self, key: &ApiKey) -> Result<Verdict, VerifyError> {
+    async fn load(&self, key: &ApiKey, epoch: u64) -> Result<Verdict, VerifyError> {
         // A flight that finished just before this one started may have filled the cache.
         if let Some(verdict) = self.peek(key) {
             return Ok(verdict);
         }
-        let epoch = self.shared.caches.epoch.load(Ordering::Acquire);
         self.shared
             .counters
             .verifier_calls
@@ -359,8 +369,8 @@ impl<V: KeyVerifier> CachedVerifier<V> {
 
 /// Removes a flight from the in-flight map once its last waiter is done with it (or dropped).
 struct FlightGuard<'a> {
-    map: &'a Mutex<HashMap<KeyDigest, Flight>>,
-    digest: KeyDigest,
+    map: &'a Mutex<HashMap<FlightKey, Flight>>,
+    key: FlightKey,
     flight: Flight,
 }
 
@@ -368,12 +378,12 @@ impl Drop for FlightGuard<'_> {
     fn drop(&mut self) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         let ours = map
-            .get(&self.digest)
+            .get(&self.key)
             .is_some_and(|f| Arc::ptr_eq(f, &self.flight));
         // Waiters clone the flight under this lock: 2 means only the map and this guard hold it,
         // or the flight is finished and later arrivals will find the cache filled.
         if ours && (self.flight.initialized() || Arc::strong_count(&self.flight) <= 2) {
-            map.remove(&self.digest);
+            map.remove(&self.key);
         }
     }
 }
@@ -384,20 +394,26 @@ impl<V: KeyVerifier> KeyVerifier for CachedVerifier<V> {
             return Ok(verdict);
         }
         self.shared.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.shared.caches.epoch();
+        let flight_key = (*key.digest(), epoch);
         let flight = {
             let mut map = self
                 .shared
                 .inflight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(map.entry(*key.digest()).or_default())
+            Arc::clone(map.entry(flight_key).or_default())
         };
         let guard = FlightGuard {
             map: &self.shared.inflight,
-            digest: *key.digest(),
+            key: flight_key,
             flight,
         };
-        guard.flight.get_or_init(|| self.load(key)).await.clone()
+        guard
+            .flight
+            .get_or_init(|| self.load(key, epoch))
+            .await
+            .clone()
     }
 
     /// Answers from the cache only. A miss goes through [`verify`](Self::verify) even when the

@@ -119,7 +119,9 @@ impl KeyExtractor {
         for name in &self.headers {
             for value in request.headers().get_all(name) {
                 if value.len() > self.max_len {
-                    return Err(Rejection::Malformed(FormatError::TooLong { max: self.max_len }));
+                    return Err(Rejection::Malformed(FormatError::TooLong {
+                        max: self.max_len,
+                    }));
                 }
                 let value = value
                     .to_str()
@@ -162,6 +164,19 @@ impl KeyExtractor {
     }
 }
 
+/// `B64TOKEN[c]`: whether byte `c` may appear in a `b64token` before its `=` padding.
+static B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] =
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        c += 1;
+    }
+    table
+};
+
 fn scheme_is_bearer(value: &[u8]) -> bool {
     value.len() >= 6
         && value[..6].eq_ignore_ascii_case(b"bearer")
@@ -188,10 +203,7 @@ fn bearer_token(value: &[u8], max_len: usize) -> Result<Option<&str>, Rejection>
     }
     let body_end = token.iter().position(|&c| c == b'=').unwrap_or(token.len());
     let (body, padding) = token.split_at(body_end);
-    let body_ok = !body.is_empty()
-        && body
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || b"-._~+/".contains(&c));
+    let body_ok = !body.is_empty() && body.iter().all(|&c| B64TOKEN[usize::from(c)]);
     if !body_ok || padding.iter().any(|&c| c != b'=') {
         return Err(malformed);
     }

@@ -83,34 +83,57 @@ impl Rejection {
 
     /// The body's `code`.
     pub fn code(&self) -> &'static str {
-        match self {
-            Rejection::Missing => "API_KEY_MISSING",
-            Rejection::Malformed(_) | Rejection::Invalid(_) => "API_KEY_INVALID",
-            Rejection::BadRequest(_) => "INVALID_REQUEST",
-            Rejection::WrongKind { .. } | Rejection::PublicKeyRefused => "INSUFFICIENT_SCOPE",
-            Rejection::Unavailable(_) => "VERIFIER_UNAVAILABLE",
-        }
+        self.text().0
     }
 
     /// The body's human-readable `error`. Never says why a key was invalid.
     pub fn message(&self) -> &'static str {
+        self.text().1
+    }
+
+    /// `(code, message, JSON body)`, all fixed at compile time: a refusal costs no formatting.
+    fn text(&self) -> (&'static str, &'static str, &'static str) {
+        macro_rules! text {
+            ($code:literal, $message:literal) => {
+                (
+                    $code,
+                    $message,
+                    concat!("{\"code\":\"", $code, "\",\"error\":\"", $message, "\"}"),
+                )
+            };
+        }
         match self {
-            Rejection::Missing => "An API key is required.",
-            Rejection::Malformed(_) | Rejection::Invalid(_) => "The API key is invalid.",
-            Rejection::BadRequest(BadRequest::MultipleKeys) => {
-                "The request carries more than one API key."
+            Rejection::Missing => text!("API_KEY_MISSING", "An API key is required."),
+            Rejection::Malformed(_) | Rejection::Invalid(_) => {
+                text!("API_KEY_INVALID", "The API key is invalid.")
             }
+            Rejection::BadRequest(BadRequest::MultipleKeys) => text!(
+                "INVALID_REQUEST",
+                "The request carries more than one API key."
+            ),
             Rejection::BadRequest(BadRequest::MalformedHeader) => {
-                "The credential header is malformed."
+                text!("INVALID_REQUEST", "The credential header is malformed.")
             }
             Rejection::WrongKind {
                 required: KeyKind::User,
-            } => "This endpoint requires a user API key.",
+            } => text!(
+                "INSUFFICIENT_SCOPE",
+                "This endpoint requires a user API key."
+            ),
             Rejection::WrongKind {
                 required: KeyKind::Team,
-            } => "This endpoint requires a team API key.",
-            Rejection::PublicKeyRefused => "Public API keys are not accepted here.",
-            Rejection::Unavailable(_) => "API key verification is temporarily unavailable.",
+            } => text!(
+                "INSUFFICIENT_SCOPE",
+                "This endpoint requires a team API key."
+            ),
+            Rejection::PublicKeyRefused => text!(
+                "INSUFFICIENT_SCOPE",
+                "Public API keys are not accepted here."
+            ),
+            Rejection::Unavailable(_) => text!(
+                "VERIFIER_UNAVAILABLE",
+                "API key verification is temporarily unavailable."
+            ),
         }
     }
 
@@ -124,9 +147,9 @@ impl Rejection {
         }
     }
 
-    /// The JSON body.
-    pub fn body(&self) -> String {
-        serde_json::json!({ "code": self.code(), "error": self.message() }).to_string()
+    /// The JSON body, `{"code": …, "error": …}`.
+    pub fn body(&self) -> &'static str {
+        self.text().2
     }
 
     /// Whether this is a client-side failure (4xx) rather than the verifier's (5xx).
@@ -212,7 +235,7 @@ impl DefaultResponder {
 
 impl<B: From<Bytes>> RejectionResponder<B> for DefaultResponder {
     fn respond(&self, rejection: &Rejection) -> Response<B> {
-        let mut response = Response::new(B::from(Bytes::from(rejection.body())));
+        let mut response = Response::new(B::from(Bytes::from_static(rejection.body().as_bytes())));
         *response.status_mut() = rejection.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -255,6 +278,32 @@ mod tests {
 
     fn respond(r: &Rejection) -> Response<Bytes> {
         DefaultResponder::new("test").respond(r)
+    }
+
+    #[test]
+    fn every_body_is_the_json_of_its_code_and_message() {
+        let all = [
+            Rejection::Missing,
+            Rejection::Malformed(FormatError::Checksum),
+            Rejection::Invalid(InvalidReason::Revoked),
+            Rejection::BadRequest(BadRequest::MultipleKeys),
+            Rejection::BadRequest(BadRequest::MalformedHeader),
+            Rejection::WrongKind {
+                required: KeyKind::User,
+            },
+            Rejection::WrongKind {
+                required: KeyKind::Team,
+            },
+            Rejection::PublicKeyRefused,
+            Rejection::Unavailable(VerifyError::new(VerifyErrorKind::Store, "x")),
+        ];
+        for r in all {
+            let parsed: serde_json::Value = serde_json::from_str(r.body()).expect("JSON");
+            assert_eq!(
+                parsed,
+                serde_json::json!({ "code": r.code(), "error": r.message() })
+            );
+        }
     }
 
     #[test]

@@ -1030,6 +1030,10 @@ async fn default_client_ignores_the_environments_proxy() {
         proxy.requests().is_empty(),
         "the check went through the environment's proxy"
     );
-    assert_eq!(direct.requests().len(), 1, "the check went straight to Stack Auth");
+    assert_eq!(
+        direct.requests().len(),
+        1,
+        "the check went straight to Stack Auth"
+    );
     assert!(stdout.contains("proxy probe child: 200"), "{stdout}");
 }

@@ -30,6 +30,33 @@ const CHECKSUM_START: usize = MARKER_START + MARKER.len(); // 94
 /// Crockford base32, lowercase: the alphabet of the secret part.
 const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
+/// `IS_CROCKFORD[c]`: whether byte `c` is in [`CROCKFORD`] (a table, not a search per byte).
+static IS_CROCKFORD: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < CROCKFORD.len() {
+        table[CROCKFORD[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+/// `HEX_VALUE[c]`: the value of lowercase hex digit `c`, or `0xff`.
+static HEX_VALUE: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
 /// Whether a key belongs to a user or to a team (the key's `user`/`team` segment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -159,7 +186,7 @@ pub fn parse(key: &str) -> Result<KeyParts, FormatError> {
     };
     if let Some(i) = b[SECRET_START..ID_START]
         .iter()
-        .position(|c| !CROCKFORD.contains(c))
+        .position(|&c| !IS_CROCKFORD[usize::from(c)])
     {
         return Err(FormatError::Secret {
             at: SECRET_START + i,
@@ -214,10 +241,9 @@ pub fn parse(key: &str) -> Result<KeyParts, FormatError> {
 
 /// Lowercase hex only: Stack Auth writes ids and checksums in lowercase.
 fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+    match HEX_VALUE[usize::from(c)] {
+        0xff => None,
+        v => Some(v),
     }
 }
 

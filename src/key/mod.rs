@@ -19,16 +19,19 @@ mod format;
 
 use std::fmt;
 
-use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 pub use format::{parse, Deployment, FormatError, KeyKind, KeyParts, KEY_LEN, MARKER};
 
 /// A well-formed API key. The secret is zeroized on drop and never printed.
+///
+/// Every well-formed key is exactly [`KEY_LEN`] ASCII bytes, so the key is held inline in a
+/// [`Zeroizing`] array: parsing a key costs no heap allocation.
 pub struct ApiKey {
-    secret: SecretString,
+    secret: Zeroizing<[u8; KEY_LEN]>,
     parts: KeyParts,
     digest: KeyDigest,
 }
@@ -39,9 +42,12 @@ impl ApiKey {
     /// Rejects, with the rule that failed, anything that is not a well-formed key.
     pub fn parse(key: &str) -> Result<Self, FormatError> {
         let parts = format::parse(key)?;
+        let mut secret = Zeroizing::new([0u8; KEY_LEN]);
+        // `parse` checked the length.
+        secret.copy_from_slice(key.as_bytes());
         Ok(Self {
             digest: KeyDigest::of(key),
-            secret: SecretString::from(key),
+            secret,
             parts,
         })
     }
@@ -62,7 +68,8 @@ impl ApiKey {
 
     /// The full key. Send it to the verifier or show it once to its owner; never log it.
     pub fn expose_secret(&self) -> &str {
-        self.secret.expose_secret()
+        // Only ASCII was accepted by `parse`.
+        std::str::from_utf8(&self.secret[..]).unwrap_or_default()
     }
 
     /// The SHA-256 digest of the key.
@@ -99,7 +106,7 @@ impl ApiKey {
 impl Clone for ApiKey {
     fn clone(&self) -> Self {
         Self {
-            secret: SecretString::from(self.secret.expose_secret()),
+            secret: self.secret.clone(),
             parts: self.parts,
             digest: self.digest,
         }

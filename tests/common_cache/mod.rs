@@ -108,8 +108,11 @@ impl CountingVerifier {
 
     /// Creates a secret user key in the wrapped store.
     pub async fn create_user_key(&self, description: &str) -> CreatedKey {
-        self.create(Owner::user(format!("user-{description}")), NewKey::new(description))
-            .await
+        self.create(
+            Owner::user(format!("user-{description}")),
+            NewKey::new(description),
+        )
+        .await
     }
 
     /// Creates a key in the wrapped store.
