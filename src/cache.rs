@@ -304,7 +304,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         let counters = &self.shared.counters;
         if let Some(info) = caches.valid.get(key.digest()) {
             // Belt and braces: moka's expiry already ends the entry at `expires_at`.
-            if !info.is_expired_at(SystemTime::now()) {
+            if !info.is_expired() {
                 counters.hits.fetch_add(1, Ordering::Relaxed);
                 return Some(Verdict::Valid(info));
             }
@@ -321,7 +321,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     fn peek(&self, key: &ApiKey) -> Option<Verdict> {
         let caches = &self.shared.caches;
         if let Some(info) = caches.valid.get(key.digest()) {
-            if !info.is_expired_at(SystemTime::now()) {
+            if !info.is_expired() {
                 return Some(Verdict::Valid(info));
             }
         }
@@ -333,7 +333,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         let caches = &self.shared.caches;
         match result {
             Ok(Verdict::Valid(info)) => {
-                if caches.epoch() != epoch || info.is_expired_at(SystemTime::now()) {
+                if caches.epoch() != epoch || info.is_expired() {
                     return;
                 }
                 caches.invalid.invalidate(key.digest());

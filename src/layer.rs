@@ -28,7 +28,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::SystemTime;
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -54,15 +53,13 @@ pub enum Mode {
 
 /// A tower layer that requires an API key. See the [module docs](self).
 pub struct RequireApiKey<V, R = DefaultResponder> {
-    guard: Arc<Guard<V>>,
-    responder: R,
+    guard: Arc<Guard<V, R>>,
 }
 
-impl<V, R: Clone> Clone for RequireApiKey<V, R> {
+impl<V, R> Clone for RequireApiKey<V, R> {
     fn clone(&self) -> Self {
         Self {
             guard: Arc::clone(&self.guard),
-            responder: self.responder.clone(),
         }
     }
 }
@@ -75,13 +72,14 @@ impl<V, R: std::fmt::Debug> std::fmt::Debug for RequireApiKey<V, R> {
             .field("allow_public", &self.guard.allow_public)
             .field("mode", &self.guard.mode)
             .field("strip_credentials", &self.guard.strip)
-            .field("responder", &self.responder)
+            .field("responder", &self.guard.responder)
             .finish_non_exhaustive()
     }
 }
 
-/// Everything a request needs, built once and shared by every clone of the service.
-struct Guard<V> {
+/// Everything a request needs, built once and shared by every clone of the service: a
+/// request clones one `Arc`, nothing else.
+struct Guard<V, R> {
     verifier: Arc<V>,
     extractor: KeyExtractor,
     kind: Option<KeyKind>,
@@ -90,11 +88,18 @@ struct Guard<V> {
     strip: bool,
     /// The realm's challenges, for the axum extractors' refusals on keyless requests.
     challenge: DefaultResponder,
+    responder: R,
 }
 
-impl<V> Clone for Guard<V> {
+impl<V, R: Clone> Clone for Guard<V, R> {
     fn clone(&self) -> Self {
-        Self {
+        self.with_responder(self.responder.clone())
+    }
+}
+
+impl<V, R> Guard<V, R> {
+    fn with_responder<R2>(&self, responder: R2) -> Guard<V, R2> {
+        Guard {
             verifier: Arc::clone(&self.verifier),
             extractor: self.extractor.clone(),
             kind: self.kind,
@@ -102,6 +107,7 @@ impl<V> Clone for Guard<V> {
             mode: self.mode,
             strip: self.strip,
             challenge: self.challenge.clone(),
+            responder,
         }
     }
 }
@@ -123,8 +129,8 @@ impl<V: KeyVerifier> RequireApiKey<V> {
                 mode: Mode::Required,
                 strip: false,
                 challenge: DefaultResponder::default(),
+                responder: DefaultResponder::default(),
             }),
-            responder: DefaultResponder::default(),
         }
     }
 
@@ -137,8 +143,8 @@ impl<V: KeyVerifier> RequireApiKey<V> {
     }
 }
 
-impl<V: KeyVerifier, R> RequireApiKey<V, R> {
-    fn guard_mut(&mut self) -> &mut Guard<V> {
+impl<V: KeyVerifier, R: Clone> RequireApiKey<V, R> {
+    fn guard_mut(&mut self) -> &mut Guard<V, R> {
         Arc::make_mut(&mut self.guard)
     }
 
@@ -199,8 +205,7 @@ impl<V: KeyVerifier, R> RequireApiKey<V, R> {
     /// ExtractRejection>` in the handler to answer those your own way.
     pub fn responder<R2>(self, responder: R2) -> RequireApiKey<V, R2> {
         RequireApiKey {
-            guard: self.guard,
-            responder,
+            guard: Arc::new(self.guard.with_responder(responder)),
         }
     }
 
@@ -210,14 +215,13 @@ impl<V: KeyVerifier, R> RequireApiKey<V, R> {
     }
 }
 
-impl<S, V, R: Clone> Layer<S> for RequireApiKey<V, R> {
+impl<S, V, R> Layer<S> for RequireApiKey<V, R> {
     type Service = RequireApiKeyService<S, V, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RequireApiKeyService {
             inner,
             guard: Arc::clone(&self.guard),
-            responder: self.responder.clone(),
         }
     }
 }
@@ -225,16 +229,14 @@ impl<S, V, R: Clone> Layer<S> for RequireApiKey<V, R> {
 /// The service [`RequireApiKey`] wraps around an inner service.
 pub struct RequireApiKeyService<S, V, R = DefaultResponder> {
     inner: S,
-    guard: Arc<Guard<V>>,
-    responder: R,
+    guard: Arc<Guard<V, R>>,
 }
 
-impl<S: Clone, V, R: Clone> Clone for RequireApiKeyService<S, V, R> {
+impl<S: Clone, V, R> Clone for RequireApiKeyService<S, V, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             guard: Arc::clone(&self.guard),
-            responder: self.responder.clone(),
         }
     }
 }
@@ -274,7 +276,7 @@ enum Step {
     Verify(ApiKey),
 }
 
-impl<V: KeyVerifier> Guard<V> {
+impl<V: KeyVerifier, R> Guard<V, R> {
     /// Everything up to (and, when it can answer at once, including) the verifier.
     fn check_now<B>(&self, request: &mut Request<B>) -> Step {
         let found = match self.extractor.extract(request) {
@@ -336,7 +338,7 @@ impl<V: KeyVerifier> Guard<V> {
             Some(InvalidReason::WrongType)
         } else if info.key_id != key.key_id() {
             Some(InvalidReason::NotFound)
-        } else if info.is_expired_at(SystemTime::now()) {
+        } else if info.is_expired() {
             Some(InvalidReason::Expired)
         } else {
             None
@@ -368,17 +370,18 @@ impl<V: KeyVerifier> Guard<V> {
 #[derive(Clone, Debug)]
 pub(crate) struct Challenge(pub(crate) DefaultResponder);
 
-type VerifyFuture = Pin<Box<dyn Future<Output = Result<Principal, Rejection>> + Send>>;
+type VerifyFuture<Res> = Pin<Box<dyn Future<Output = Result<Principal, Res>> + Send>>;
 
 impl<S, V, R, ReqB, ResB> Service<Request<ReqB>> for RequireApiKeyService<S, V, R>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     V: KeyVerifier,
     R: RejectionResponder<ResB>,
+    ResB: Send + 'static,
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqB, R>;
+    type Future = ResponseFuture<S, ReqB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -393,7 +396,7 @@ where
             },
             Step::Reject(rejection) => ResponseFuture {
                 state: State::Done {
-                    response: Some(self.responder.respond(&rejection)),
+                    response: Some(self.guard.responder.respond(&rejection)),
                 },
             },
             Step::Verify(key) => {
@@ -401,14 +404,16 @@ where
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let guard = Arc::clone(&self.guard);
-                let verify: VerifyFuture = Box::pin(async move {
+                let verify: VerifyFuture<Response<ResB>> = Box::pin(async move {
                     let result = guard.verifier.verify(&key).await;
-                    guard.decide(&key, result)
+                    guard
+                        .decide(&key, result)
+                        .map_err(|rejection| guard.responder.respond(&rejection))
                 });
                 ResponseFuture {
                     state: State::Verify {
                         verify,
-                        pending: Some((request, inner, self.responder.clone())),
+                        pending: Some((request, inner)),
                     },
                 }
             }
@@ -421,24 +426,24 @@ pin_project! {
     ///
     /// No allocation on a cache hit or a refusal; only a verifier call that cannot be answered
     /// at once is boxed.
-    pub struct ResponseFuture<S, ReqB, R>
+    pub struct ResponseFuture<S, ReqB>
     where
         S: Service<Request<ReqB>>,
     {
         #[pin]
-        state: State<S, ReqB, R>,
+        state: State<S, ReqB>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, ReqB, R>
+    enum State<S, ReqB>
     where
         S: Service<Request<ReqB>>,
     {
         Verify {
-            verify: VerifyFuture,
-            pending: Option<(Request<ReqB>, S, R)>,
+            verify: VerifyFuture<S::Response>,
+            pending: Option<(Request<ReqB>, S)>,
         },
         Inner {
             #[pin]
@@ -450,12 +455,11 @@ pin_project! {
     }
 }
 
-impl<S, ReqB, ResB, R> Future for ResponseFuture<S, ReqB, R>
+impl<S, ReqB> Future for ResponseFuture<S, ReqB>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    R: RejectionResponder<ResB>,
+    S: Service<Request<ReqB>>,
 {
-    type Output = Result<Response<ResB>, S::Error>;
+    type Output = Result<S::Response, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
@@ -463,7 +467,7 @@ where
             match state.as_mut().project() {
                 StateProj::Verify { verify, pending } => {
                     let decision = ready!(verify.as_mut().poll(cx));
-                    let Some((mut request, mut inner, responder)) = pending.take() else {
+                    let Some((mut request, mut inner)) = pending.take() else {
                         // Only reachable if polled again after a panic in this branch.
                         return Poll::Pending;
                     };
@@ -473,12 +477,9 @@ where
                             let future = inner.call(request);
                             state.set(State::Inner { future });
                         }
-                        Err(rejection) => {
-                            let response = responder.respond(&rejection);
-                            state.set(State::Done {
-                                response: Some(response),
-                            });
-                        }
+                        Err(response) => state.set(State::Done {
+                            response: Some(response),
+                        }),
                     }
                 }
                 StateProj::Inner { future } => return future.poll(cx),

@@ -115,6 +115,11 @@ impl KeyInfo {
     pub fn is_expired_at(&self, now: SystemTime) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
+
+    /// Whether the key has expired by now. Reads the clock only for a key that expires.
+    pub fn is_expired(&self) -> bool {
+        self.expires_at.is_some_and(|at| at <= SystemTime::now())
+    }
 }
 
 /// Why a key is not valid. Logged and counted; the caller always sees one uniform 401.

@@ -169,8 +169,11 @@ impl Eq for KeyDigest {}
 
 impl std::hash::Hash for KeyDigest {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // Consistent with `eq`: equal digests have equal bytes.
-        self.0.hash(state);
+        // A digest is already uniformly distributed: its first 8 bytes are as good as all 32
+        // to a keyed hasher, and cheaper to feed it. Consistent with `eq`.
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
     }
 }
 

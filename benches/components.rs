@@ -1,0 +1,56 @@
+//! The pieces of the cache-hit path, one at a time (criterion).
+//!
+//! ```text
+//! cargo bench --bench components
+//! ```
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use keygate::key::{self, ApiKey, KeyDigest};
+use keygate::verify::KeyVerifier;
+use keygate::{CachedVerifier, KeyStore, MemoryKeyStore, NewKey, Owner};
+
+fn components(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let store = MemoryKeyStore::new();
+    let created = rt
+        .block_on(store.create(Owner::user("user-1"), NewKey::new("bench")))
+        .expect("create");
+    let text = created.key.expose_secret().to_owned();
+    let cache = CachedVerifier::new(store.clone());
+    assert!(rt.block_on(cache.verify(&created.key)).is_ok());
+    let parsed = ApiKey::parse(&text).expect("key");
+
+    let mut group = c.benchmark_group("components");
+    group.bench_function("format_parse", |b| b.iter(|| key::parse(black_box(&text))));
+    group.bench_function("sha256_digest", |b| b.iter(|| KeyDigest::of(black_box(&text))));
+    group.bench_function("api_key_parse", |b| b.iter(|| ApiKey::parse(black_box(&text))));
+    group.bench_function("cache_hit_verify_now", |b| {
+        b.iter(|| cache.verify_now(black_box(&parsed)))
+    });
+    group.bench_function("memory_store_verify_now", |b| {
+        b.iter(|| store.verify_now(black_box(&parsed)))
+    });
+    group.bench_function("extensions_insert_principal", |b| {
+        let principal = match cache.verify_now(&parsed) {
+            Some(Ok(keygate::Verdict::Valid(info))) => keygate::Principal::from_key_info(&info),
+            _ => panic!("warm cache"),
+        };
+        b.iter(|| {
+            let mut request = http::Request::new(());
+            let p = principal.clone();
+            if let keygate::Principal::User(u) = &p {
+                request.extensions_mut().insert(u.clone());
+            }
+            request.extensions_mut().insert(p);
+            black_box(request)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, components);
+criterion_main!(benches);
