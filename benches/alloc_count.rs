@@ -79,6 +79,10 @@ fn main() {
     let uncached = Router::new()
         .route("/", get(handler))
         .layer(RequireApiKey::new(store.clone()));
+    // Finalised once, as `axum::serve` does, so no variant pays for per-request route setup.
+    let bare = bare.with_state(());
+    let cached = cached.with_state(());
+    let uncached = uncached.with_state(());
     let variants = [
         ("bare_router", &bare, &bearer, StatusCode::OK),
         ("keygate_cache_hit", &cached, &bearer, StatusCode::OK),

@@ -26,8 +26,12 @@ fn components(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("components");
     group.bench_function("format_parse", |b| b.iter(|| key::parse(black_box(&text))));
-    group.bench_function("sha256_digest", |b| b.iter(|| KeyDigest::of(black_box(&text))));
-    group.bench_function("api_key_parse", |b| b.iter(|| ApiKey::parse(black_box(&text))));
+    group.bench_function("sha256_digest", |b| {
+        b.iter(|| KeyDigest::of(black_box(&text)))
+    });
+    group.bench_function("api_key_parse", |b| {
+        b.iter(|| ApiKey::parse(black_box(&text)))
+    });
     group.bench_function("cache_hit_verify_now", |b| {
         b.iter(|| cache.verify_now(black_box(&parsed)))
     });

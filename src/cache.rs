@@ -25,6 +25,7 @@
 //! assert_eq!(verifier.stats().verifier_calls, 0);
 //! ```
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -71,13 +72,16 @@ struct Shared<V> {
     /// that arrives after an invalidation never joins a lookup that started before it.
     inflight: Mutex<HashMap<FlightKey, Flight>>,
     counters: Counters,
+    /// Tells this cache's entries apart in the per-thread memo.
+    id: u64,
+    ttl: Duration,
     /// Keeps the revocation hook registered with the verifier alive.
     on_revoke: Arc<dyn Fn(Uuid) + Send + Sync>,
 }
 
 #[derive(Clone)]
 struct Caches {
-    valid: Cache<KeyDigest, Arc<KeyInfo>>,
+    valid: Cache<KeyDigest, ValidEntry>,
     invalid: Cache<KeyDigest, InvalidReason>,
     /// Bumped on every invalidation, before anything is removed, so that a lookup that started
     /// before it does not cache a verdict it may have read before the revocation.
@@ -99,7 +103,7 @@ impl Caches {
         // removes them in its housekeeping.
         if let Err(error) = self
             .valid
-            .invalidate_entries_if(move |_, info| info.key_id == key_id)
+            .invalidate_entries_if(move |_, entry| entry.info.key_id == key_id)
         {
             tracing::error!(%error, "targeted invalidation refused; dropping every cached verdict");
             self.valid.invalidate_all();
@@ -201,6 +205,8 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
                 caches,
                 inflight: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
+                id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
+                ttl,
                 on_revoke,
             }),
         }
@@ -212,14 +218,14 @@ struct ValidExpiry {
     ttl: Duration,
 }
 
-impl moka::Expiry<KeyDigest, Arc<KeyInfo>> for ValidExpiry {
+impl moka::Expiry<KeyDigest, ValidEntry> for ValidExpiry {
     fn expire_after_create(
         &self,
         _key: &KeyDigest,
-        info: &Arc<KeyInfo>,
+        entry: &ValidEntry,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(match info.expires_at {
+        Some(match entry.info.expires_at {
             Some(at) => at
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
@@ -299,14 +305,25 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     }
 
     /// The cached verdict, if any, counting a hit.
+    ///
+    /// Valid verdicts are looked up in a small per-thread memo first: no moka read, no shared
+    /// cache line touched. A memo entry is used only while nothing was invalidated since it was
+    /// taken (the epoch), within the TTL of the verdict it copies, and before the key expires.
     fn cached(&self, key: &ApiKey) -> Option<Verdict> {
-        let caches = &self.shared.caches;
-        let counters = &self.shared.counters;
-        if let Some(info) = caches.valid.get(key.digest()) {
+        let shared = &*self.shared;
+        let caches = &shared.caches;
+        let counters = &shared.counters;
+        let epoch = caches.epoch();
+        if let Some(info) = memo_get(shared.id, key.digest(), epoch, shared.ttl) {
+            counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(Verdict::Valid(info));
+        }
+        if let Some(entry) = caches.valid.get(key.digest()) {
             // Belt and braces: moka's expiry already ends the entry at `expires_at`.
-            if !info.is_expired() {
+            if !entry.info.is_expired() {
                 counters.hits.fetch_add(1, Ordering::Relaxed);
-                return Some(Verdict::Valid(info));
+                memo_put(shared.id, key.digest(), epoch, &entry);
+                return Some(Verdict::Valid(entry.info));
             }
             caches.valid.invalidate(key.digest());
         }
@@ -317,12 +334,12 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         None
     }
 
-    /// Same as [`cached`](Self::cached), without touching the counters.
+    /// Same as [`cached`](Self::cached), without touching the counters or the memo.
     fn peek(&self, key: &ApiKey) -> Option<Verdict> {
         let caches = &self.shared.caches;
-        if let Some(info) = caches.valid.get(key.digest()) {
-            if !info.is_expired() {
-                return Some(Verdict::Valid(info));
+        if let Some(entry) = caches.valid.get(key.digest()) {
+            if !entry.info.is_expired() {
+                return Some(Verdict::Valid(entry.info));
             }
         }
         caches.invalid.get(key.digest()).map(Verdict::Invalid)
@@ -337,7 +354,13 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                     return;
                 }
                 caches.invalid.invalidate(key.digest());
-                caches.valid.insert(*key.digest(), Arc::clone(info));
+                caches.valid.insert(
+                    *key.digest(),
+                    ValidEntry {
+                        info: Arc::clone(info),
+                        cached_at: Instant::now(),
+                    },
+                );
                 // An invalidation that bumped the epoch after the check above may have run
                 // before the insert and missed it: look again, and undo.
                 if caches.epoch() != epoch {
@@ -365,6 +388,68 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         self.remember(key, epoch, &result);
         result
     }
+}
+
+/// A cached valid verdict and when it was cached.
+#[derive(Clone)]
+struct ValidEntry {
+    info: Arc<KeyInfo>,
+    cached_at: Instant,
+}
+
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(0);
+
+const MEMO_SLOTS: usize = 64;
+
+/// One slot of the per-thread memo: a copy of a valid verdict read from moka.
+struct MemoEntry {
+    cache_id: u64,
+    digest: KeyDigest,
+    epoch: u64,
+    info: Arc<KeyInfo>,
+    cached_at: Instant,
+}
+
+thread_local! {
+    /// Direct-mapped by a digest byte; a colliding key simply takes the slot over.
+    static MEMO: RefCell<[Option<MemoEntry>; MEMO_SLOTS]> =
+        const { RefCell::new([const { None }; MEMO_SLOTS]) };
+}
+
+fn memo_slot(digest: &KeyDigest) -> usize {
+    usize::from(digest.as_bytes()[31]) % MEMO_SLOTS
+}
+
+fn memo_get(cache_id: u64, digest: &KeyDigest, epoch: u64, ttl: Duration) -> Option<Arc<KeyInfo>> {
+    MEMO.try_with(|memo| {
+        let memo = memo.borrow();
+        match &memo[memo_slot(digest)] {
+            Some(e)
+                if e.cache_id == cache_id
+                    && e.epoch == epoch
+                    && e.digest == *digest
+                    && e.cached_at.elapsed() < ttl
+                    && !e.info.is_expired() =>
+            {
+                Some(Arc::clone(&e.info))
+            }
+            _ => None,
+        }
+    })
+    .ok()
+    .flatten()
+}
+
+fn memo_put(cache_id: u64, digest: &KeyDigest, epoch: u64, entry: &ValidEntry) {
+    let _ = MEMO.try_with(|memo| {
+        memo.borrow_mut()[memo_slot(digest)] = Some(MemoEntry {
+            cache_id,
+            digest: *digest,
+            epoch,
+            info: Arc::clone(&entry.info),
+            cached_at: entry.cached_at,
+        });
+    });
 }
 
 /// Removes a flight from the in-flight map once its last waiter is done with it (or dropped).
@@ -433,5 +518,88 @@ impl<V> std::fmt::Debug for CachedVerifier<V> {
             .field("valid_entries", &self.shared.caches.valid.entry_count())
             .field("invalid_entries", &self.shared.caches.invalid.entry_count())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::key::{Deployment, KeyKind};
+    use crate::verify::{KeyInfo, Owner};
+
+    /// Says every key is valid (or every key unknown), and counts calls.
+    struct Fixed {
+        valid: bool,
+        calls: AtomicUsize,
+    }
+
+    impl KeyVerifier for Fixed {
+        async fn verify(&self, key: &ApiKey) -> Result<Verdict, VerifyError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(if self.valid {
+                Verdict::valid(KeyInfo::new(key.key_id(), Owner::user("u"), false))
+            } else {
+                Verdict::Invalid(InvalidReason::NotFound)
+            })
+        }
+    }
+
+    fn fixed(valid: bool) -> Fixed {
+        Fixed {
+            valid,
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    fn key() -> ApiKey {
+        ApiKey::generate(Uuid::new_v4(), KeyKind::User, false, Deployment::SelfHosted).expect("rng")
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn the_memo_never_outlives_the_ttl() {
+        block_on(async {
+            let cache = CachedVerifier::builder(fixed(true))
+                .ttl(Duration::from_millis(150))
+                .build();
+            let key = key();
+            assert!(cache.verify(&key).await.expect("verify").is_valid());
+            assert!(cache.verify_now(&key).is_some(), "moka hit, memo filled");
+            assert!(cache.verify_now(&key).is_some(), "memo hit");
+            assert_eq!(cache.get_ref().calls.load(Ordering::SeqCst), 1);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            assert!(cache.verify_now(&key).is_none(), "lapsed with the TTL");
+            assert!(cache.verify(&key).await.expect("verify").is_valid());
+            assert_eq!(cache.get_ref().calls.load(Ordering::SeqCst), 2);
+        });
+    }
+
+    #[test]
+    fn the_memo_is_per_cache_and_forgets_on_invalidation() {
+        block_on(async {
+            let yes = CachedVerifier::new(fixed(true));
+            let no = CachedVerifier::new(fixed(false));
+            let key = key();
+            assert!(yes.verify(&key).await.expect("verify").is_valid());
+            assert!(yes.verify_now(&key).is_some());
+            // Another cache on this thread must not see the first one's memo.
+            assert_eq!(
+                no.verify(&key).await.expect("verify"),
+                Verdict::Invalid(InvalidReason::NotFound)
+            );
+            yes.invalidate_key_id(key.key_id());
+            assert!(yes.verify_now(&key).is_none(), "memo and moka both forgot");
+            let stats = yes.stats();
+            assert_eq!((stats.hits, stats.verifier_calls), (1, 1), "{stats:?}");
+        });
     }
 }

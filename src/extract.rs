@@ -188,27 +188,32 @@ fn scheme_is_bearer(value: &[u8]) -> bool {
 /// `credentials = auth-scheme [ 1*SP token68 ]` (RFC 9110 §11.4) with RFC 6750's
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn bearer_token(value: &[u8], max_len: usize) -> Result<Option<&str>, Rejection> {
-    let malformed = Rejection::BadRequest(BadRequest::MalformedHeader);
+    fn malformed() -> Rejection {
+        Rejection::BadRequest(BadRequest::MalformedHeader)
+    }
     if !scheme_is_bearer(value) {
         return Ok(None);
     }
-    let start = value[6..]
-        .iter()
-        .position(|&c| c != b' ')
-        .map(|i| 6 + i)
-        .ok_or(malformed.clone())?;
+    let mut start = 6;
+    while value.get(start) == Some(&b' ') {
+        start += 1;
+    }
     let token = &value[start..];
     if token.len() > max_len {
         return Err(Rejection::Malformed(FormatError::TooLong { max: max_len }));
     }
-    let body_end = token.iter().position(|&c| c == b'=').unwrap_or(token.len());
-    let (body, padding) = token.split_at(body_end);
-    let body_ok = !body.is_empty() && body.iter().all(|&c| B64TOKEN[usize::from(c)]);
-    if !body_ok || padding.iter().any(|&c| c != b'=') {
-        return Err(malformed);
+    // One pass: `b64token` characters, then only `=` padding.
+    let body = token
+        .iter()
+        .take_while(|&&c| B64TOKEN[usize::from(c)])
+        .count();
+    if body == 0 || token[body..].iter().any(|&c| c != b'=') {
+        return Err(malformed());
     }
     // Only ASCII was accepted above.
-    std::str::from_utf8(token).map(Some).map_err(|_| malformed)
+    std::str::from_utf8(token)
+        .map(Some)
+        .map_err(|_| malformed())
 }
 
 fn query_values<'a, 'n>(
