@@ -11,6 +11,9 @@
 //!   say) takes effect when the entry's TTL runs out: the positive TTL is the longest a revoked key
 //!   can still be accepted.
 //! - The cache is keyed by the key's SHA-256 digest; it never holds a key.
+//! - Hits are served from a small per-thread memo of recent valid verdicts when possible (no
+//!   moka read). Any invalidation empties it in effect; an entry never outlives the verdict's
+//!   TTL or the key's expiry.
 //!
 //! ```
 //! use std::time::Duration;
