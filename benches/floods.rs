@@ -67,30 +67,25 @@ async fn status(app: &Router, key: &str) -> StatusCode {
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// Resident set size in KiB, from /proc (Linux).
-fn rss_kib() -> u64 {
+/// A `/proc/self/status` field in KiB (Linux): `VmRSS` now, `VmHWM` the peak.
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
 }
 
-/// Peak resident set size in KiB.
+fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    status_kib("VmHWM:")
 }
 
 fn well_formed_unknown() -> String {

@@ -388,16 +388,21 @@ impl<S: KeyStore> Server<S> {
     }
 }
 
+/// The field naming a key's owner: `user_id` or `team_id`.
+fn owner_field(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::User => "user_id",
+        KeyKind::Team => "team_id",
+    }
+}
+
 /// `user_id` / `team_id` from the query; required for lists and for every team route.
 fn owner_from_query(
     kind: KeyKind,
     query: &Map<String, Value>,
     required: bool,
 ) -> ApiResult<Option<Owner>> {
-    let field = match kind {
-        KeyKind::User => "user_id",
-        KeyKind::Team => "team_id",
-    };
+    let field = owner_field(kind);
     match query.get(field).and_then(Value::as_str) {
         Some(id) => Ok(Some(owner_id(kind, field, id)?)),
         None if required => Err(ApiError::schema(format!(
@@ -474,10 +479,7 @@ async fn create<S: KeyStore>(
 ) -> ApiResult<Json<ApiKeyObject>> {
     server.admit(&headers, kind)?;
     let body = json_body(&headers, &body)?;
-    let owner_field = match kind {
-        KeyKind::User => "user_id",
-        KeyKind::Team => "team_id",
-    };
+    let owner_field = owner_field(kind);
     only_fields(
         &body,
         &["description", "expires_at_millis", "is_public", owner_field],

@@ -184,21 +184,30 @@ impl StackAuthClient {
         key_id: Uuid,
         description: &str,
     ) -> Result<KeyRecord, StackAuthError> {
-        let body = serde_json::json!({ "description": description });
-        let object: ApiKeyObject = self
-            .call(
-                Method::PATCH,
-                &item(owner.kind(), key_id),
-                &owner_query(owner),
-                Some(body),
-            )
-            .await?;
-        to_record(&object)
+        self.patch(
+            owner,
+            key_id,
+            serde_json::json!({ "description": description }),
+        )
+        .await
     }
 
     /// Revokes a key, for good, and drops it from every subscribed cache at once.
     pub async fn revoke(&self, owner: &Owner, key_id: Uuid) -> Result<KeyRecord, StackAuthError> {
-        let body = serde_json::json!({ "revoked": true });
+        let record = self
+            .patch(owner, key_id, serde_json::json!({ "revoked": true }))
+            .await?;
+        self.inner.listeners.notify(key_id);
+        Ok(record)
+    }
+
+    /// `PATCH …-api-keys/{id}?user_id=…|team_id=…` with `body`.
+    async fn patch(
+        &self,
+        owner: &Owner,
+        key_id: Uuid,
+        body: serde_json::Value,
+    ) -> Result<KeyRecord, StackAuthError> {
         let object: ApiKeyObject = self
             .call(
                 Method::PATCH,
@@ -207,7 +216,6 @@ impl StackAuthClient {
                 Some(body),
             )
             .await?;
-        self.inner.listeners.notify(key_id);
         to_record(&object)
     }
 
