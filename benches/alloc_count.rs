@@ -11,12 +11,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
-use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, StatusCode};
-use keygate::{CachedVerifier, KeyStore, MemoryKeyStore, NewKey, Owner, RequireApiKey};
+use http::StatusCode;
+use keygate::{CachedVerifier, RequireApiKey};
 use tower::ServiceExt;
 
 struct Counting;
@@ -42,35 +40,21 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+mod common;
+use common::{handler, request, Fixture};
+
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-async fn handler() -> &'static str {
-    "ok"
-}
-
-fn request(bearer: &HeaderValue) -> Request<Body> {
-    let mut request = Request::new(Body::empty());
-    *request.uri_mut() = http::Uri::from_static("/");
-    request.headers_mut().insert(AUTHORIZATION, bearer.clone());
-    request
-}
-
 fn main() {
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let store = MemoryKeyStore::new();
-    let created = rt
-        .block_on(store.create(Owner::user("user-1"), NewKey::new("bench")))
-        .expect("create");
-    let key = created.key.expose_secret().to_owned();
-    let bearer = HeaderValue::from_str(&format!("Bearer {key}")).expect("header");
-    let mut malformed_key = key.clone();
-    malformed_key.replace_range(100.., "zz");
-    let malformed = HeaderValue::from_str(&format!("Bearer {malformed_key}")).expect("header");
+    let Fixture {
+        rt,
+        store,
+        bearer,
+        malformed,
+        ..
+    } = Fixture::new();
 
     let bare = Router::new().route("/", get(handler));
     let cached = Router::new()

@@ -9,16 +9,15 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::key::{self, ApiKey, KeyDigest};
 use keygate::verify::KeyVerifier;
-use keygate::{CachedVerifier, KeyStore, MemoryKeyStore, NewKey, Owner};
+use keygate::CachedVerifier;
+
+mod common;
+use common::Fixture;
 
 fn components(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    let store = MemoryKeyStore::new();
-    let created = rt
-        .block_on(store.create(Owner::user("user-1"), NewKey::new("bench")))
-        .expect("create");
+    let Fixture {
+        rt, store, created, ..
+    } = Fixture::new();
     let text = created.key.expose_secret().to_owned();
     let cache = CachedVerifier::new(store.clone());
     assert!(rt.block_on(cache.verify(&created.key)).is_ok());

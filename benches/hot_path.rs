@@ -34,21 +34,13 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use keygate::{CachedVerifier, KeyStore, MemoryKeyStore, NewKey, Owner, RequireApiKey};
+use keygate::{CachedVerifier, RequireApiKey};
 use tower::ServiceExt;
 use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
-async fn handler() -> &'static str {
-    "ok"
-}
-
-fn request(bearer: &HeaderValue) -> Request<Body> {
-    let mut request = Request::new(Body::empty());
-    *request.uri_mut() = http::Uri::from_static("/");
-    request.headers_mut().insert(AUTHORIZATION, bearer.clone());
-    request
-}
+mod common;
+use common::{handler, request, Fixture};
 
 fn unauthorized() -> Response<Body> {
     let mut response = Response::new(Body::empty());
@@ -104,19 +96,15 @@ struct Claims {
 }
 
 fn hot_path(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let store = MemoryKeyStore::new();
-    let created = rt
-        .block_on(store.create(Owner::user("user-1"), NewKey::new("bench")))
-        .expect("create");
-    let key = created.key.expose_secret().to_owned();
-    let bearer = HeaderValue::from_str(&format!("Bearer {key}")).expect("header");
-    let mut malformed_key = key.clone();
-    malformed_key.replace_range(100.., "zz");
-    let malformed = HeaderValue::from_str(&format!("Bearer {malformed_key}")).expect("header");
+    let fixture = Fixture::new();
+    let key = fixture.key().to_owned();
+    let Fixture {
+        rt,
+        store,
+        bearer,
+        malformed,
+        ..
+    } = fixture;
 
     let bare = Router::new().route("/", get(handler));
 
