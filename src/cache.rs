@@ -85,6 +85,11 @@ struct Shared<V> {
 #[derive(Clone)]
 struct Caches {
     valid: Cache<KeyDigest, ValidEntry>,
+    /// Key ids revoked within the last positive TTL. moka's predicate invalidation can still
+    /// return an older entry for a moment, so every valid answer is checked against this set.
+    revoked: Cache<Uuid, ()>,
+    /// Whether anything was ever revoked (skips the set on the hot path until then).
+    any_revoked: Arc<std::sync::atomic::AtomicBool>,
     invalid: Cache<KeyDigest, InvalidReason>,
     /// Bumped on every invalidation, before anything is removed, so that a lookup that started
     /// before it does not cache a verdict it may have read before the revocation.
@@ -98,6 +103,18 @@ impl Caches {
 
     fn bump(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn is_revoked(&self, key_id: Uuid) -> bool {
+        self.any_revoked.load(Ordering::SeqCst) && self.revoked.contains_key(&key_id)
+    }
+
+    /// A revocation: the key id is also barred from the cache for the next positive TTL.
+    fn revoke_key_id(&self, key_id: Uuid) {
+        // Recorded before the epoch moves, so no answer read after this call can miss it.
+        self.revoked.insert(key_id, ());
+        self.any_revoked.store(true, Ordering::SeqCst);
+        self.invalidate_key_id(key_id);
     }
 
     fn invalidate_key_id(&self, key_id: Uuid) {
@@ -196,10 +213,15 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
             valid,
             invalid,
             epoch: Arc::new(AtomicU64::new(0)),
+            revoked: Cache::builder()
+                .max_capacity(self.max_entries)
+                .time_to_live(ttl)
+                .build(),
+            any_revoked: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let hook_caches = caches.clone();
         let on_revoke: Arc<dyn Fn(Uuid) + Send + Sync> =
-            Arc::new(move |key_id| hook_caches.invalidate_key_id(key_id));
+            Arc::new(move |key_id| hook_caches.revoke_key_id(key_id));
         self.verifier
             .subscribe_revocations(RevocationListener::new(&on_revoke));
         CachedVerifier {
@@ -268,7 +290,9 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         caches.invalid.invalidate(key.digest());
     }
 
-    /// Forgets the valid verdict on the key with this id (what a revocation does).
+    /// Forgets the valid verdict on the key with this id. (A revocation reported by the
+    /// verifier's source does more: for the next positive TTL no valid verdict for that id is
+    /// served from or stored in the cache.)
     pub fn invalidate_key_id(&self, key_id: Uuid) {
         self.shared.caches.invalidate_key_id(key_id);
     }
@@ -317,13 +341,15 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         let caches = &shared.caches;
         let counters = &shared.counters;
         let epoch = caches.epoch();
-        if let Some(info) = memo_get(shared.id, key.digest(), epoch, shared.ttl) {
+        if let Some(info) = memo_get(shared.id, key.digest(), epoch, shared.ttl)
+            .filter(|info| !caches.is_revoked(info.key_id))
+        {
             counters.hits.fetch_add(1, Ordering::Relaxed);
             return Some(Verdict::Valid(info));
         }
         if let Some(entry) = caches.valid.get(key.digest()) {
             // Belt and braces: moka's expiry already ends the entry at `expires_at`.
-            if !entry.info.is_expired() {
+            if !entry.info.is_expired() && !caches.is_revoked(entry.info.key_id) {
                 counters.hits.fetch_add(1, Ordering::Relaxed);
                 memo_put(shared.id, key.digest(), epoch, &entry);
                 return Some(Verdict::Valid(entry.info));
@@ -341,7 +367,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     fn peek(&self, key: &ApiKey) -> Option<Verdict> {
         let caches = &self.shared.caches;
         if let Some(entry) = caches.valid.get(key.digest()) {
-            if !entry.info.is_expired() {
+            if !entry.info.is_expired() && !caches.is_revoked(entry.info.key_id) {
                 return Some(Verdict::Valid(entry.info));
             }
         }
@@ -353,7 +379,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         let caches = &self.shared.caches;
         match result {
             Ok(Verdict::Valid(info)) => {
-                if caches.epoch() != epoch || info.is_expired() {
+                if caches.epoch() != epoch || info.is_expired() || caches.is_revoked(info.key_id) {
                     return;
                 }
                 caches.invalid.invalidate(key.digest());

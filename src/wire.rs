@@ -26,7 +26,8 @@ use crate::store::KeyRecord;
 use crate::verify::{KeyInfo, Owner};
 
 /// `value`: the full key in a create response, `{"last_four": …}` everywhere else.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` never prints a full key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum KeyValue {
     /// The full key (create response only).
@@ -36,6 +37,19 @@ pub enum KeyValue {
         /// The last four characters of the key.
         last_four: String,
     },
+}
+
+impl std::fmt::Debug for KeyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyValue::Full(key) => {
+                let end = key.get(key.len().saturating_sub(4)..).unwrap_or_default();
+                let start = key.get(..2).unwrap_or_default();
+                write!(f, "Full({start}_…{end})")
+            }
+            KeyValue::LastFour { last_four } => write!(f, "LastFour({last_four})"),
+        }
+    }
 }
 
 /// An API key object: Stack Auth's Read (and, with a full `value`, FirstView) body.

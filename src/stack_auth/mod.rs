@@ -150,6 +150,8 @@ impl fmt::Debug for StackAuthConfig {
 pub(crate) fn default_client() -> Result<reqwest::Client, ConfigError> {
     reqwest::Client::builder()
         .no_proxy()
+        // A redirect would resend the key and the server key to wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| ConfigError::Client(e.to_string()))

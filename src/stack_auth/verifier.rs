@@ -295,7 +295,10 @@ impl Shared {
                 Attempt::Retry(error, hint) => (error, hint),
             };
             let wait = hint.unwrap_or_else(|| self.backoff(retries));
-            let give_up = retries >= self.max_retries || Instant::now() + wait >= deadline;
+            let give_up = retries >= self.max_retries
+                || Instant::now()
+                    .checked_add(wait)
+                    .is_none_or(|at| at >= deadline);
             tracing::debug!(%error, retries, ?wait, give_up, "Stack Auth check failed");
             if give_up {
                 return Err(match hint {
@@ -373,7 +376,7 @@ impl Shared {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .map(|secs| Duration::from_secs(secs.min(86_400)));
             return Attempt::Retry(upstream(format!("Stack Auth answered {status}")), hint);
         }
         let is_json = headers
