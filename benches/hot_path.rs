@@ -3,8 +3,16 @@
 //! ratios come from one run.
 //!
 //! ```text
-//! cargo bench --bench hot_path
+//! cargo bench --bench hot_path                    # criterion, one group
+//! cargo bench --bench hot_path -- --interleaved   # the same variants in alternation (see below)
 //! ```
+//!
+//! `--interleaved` runs every variant for a batch of requests in turn, round after round (the
+//! order rotates each round), and reports each variant's overhead over the bare router *in the
+//! same round*, as a median over rounds. On a shared machine whose speed drifts between
+//! criterion's consecutive measurements, paired rounds keep the drift out of the ratios.
+//! `ROUNDS` (default 60) and `BATCH` (requests per variant per round, default 5000) set its size;
+//! `ONLY=<variant>` runs the bare router and that variant alone (to profile one of them).
 //!
 //! Variants:
 //! - `bare_router`: no auth (the baseline);
@@ -30,7 +38,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -95,7 +103,13 @@ struct Claims {
     exp: u64,
 }
 
-fn hot_path(c: &mut Criterion) {
+/// The variants, each with the header it is sent and the status it must answer, and the runtime.
+struct Variants {
+    rt: tokio::runtime::Runtime,
+    list: Vec<(&'static str, Router, HeaderValue, StatusCode)>,
+}
+
+fn variants() -> Variants {
     let fixture = Fixture::new();
     let key = fixture.key().to_owned();
     let Fixture {
@@ -172,54 +186,67 @@ fn hot_path(c: &mut Criterion) {
         .layer(RequireApiKey::new(store.clone()));
 
     // Finalised once, as `axum::serve` does, so no variant pays for per-request route setup.
-    let bare = bare.with_state(());
-    let floor = floor.with_state(());
-    let handrolled = handrolled.with_state(());
-    let jwt_router = jwt_router.with_state(());
-    let cached = cached.with_state(());
-    let uncached = uncached.with_state(());
-    let variants = [
-        ("bare_router", &bare, &bearer, StatusCode::OK),
+    let list = vec![
+        (
+            "bare_router",
+            bare.with_state(()),
+            bearer.clone(),
+            StatusCode::OK,
+        ),
         (
             "floor_validate_header_hashmap",
-            &floor,
-            &bearer,
+            floor.with_state(()),
+            bearer.clone(),
             StatusCode::OK,
         ),
         (
             "handrolled_async_moka",
-            &handrolled,
-            &bearer,
+            handrolled.with_state(()),
+            bearer.clone(),
             StatusCode::OK,
         ),
-        ("jwt_hs256", &jwt_router, &jwt_bearer, StatusCode::OK),
-        ("keygate_cache_hit", &cached, &bearer, StatusCode::OK),
+        (
+            "jwt_hs256",
+            jwt_router.with_state(()),
+            jwt_bearer,
+            StatusCode::OK,
+        ),
+        (
+            "keygate_cache_hit",
+            cached.clone().with_state(()),
+            bearer.clone(),
+            StatusCode::OK,
+        ),
         (
             "keygate_memory_store_no_cache",
-            &uncached,
-            &bearer,
+            uncached.with_state(()),
+            bearer,
             StatusCode::OK,
         ),
         (
             "keygate_malformed_rejected",
-            &cached,
-            &malformed,
+            cached.with_state(()),
+            malformed,
             StatusCode::UNAUTHORIZED,
         ),
     ];
 
     // Every variant must do what it claims before it is timed (and warms the cache).
-    for (name, router, header, expected) in variants {
+    for (name, router, header, expected) in &list {
         let status = rt
-            .block_on(Router::clone(router).oneshot(request(header)))
+            .block_on(router.clone().oneshot(request(header)))
             .map(|r| r.status())
             .expect("infallible");
-        assert_eq!(status, expected, "{name}");
+        assert_eq!(status, *expected, "{name}");
     }
+    Variants { rt, list }
+}
 
+fn hot_path(c: &mut Criterion) {
+    let Variants { rt, list } = variants();
     let mut group = c.benchmark_group("hot_path");
-    for (name, router, header, _) in variants {
-        group.bench_function(name, |b| {
+    for (name, router, header, _) in &list {
+        group.bench_function(*name, |b| {
             b.to_async(&rt).iter(|| async {
                 let response = router.clone().oneshot(request(header)).await;
                 black_box(response.map(|r| r.status()))
@@ -229,5 +256,76 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
 }
 
+/// The variants in alternation; prints a markdown table of per-round medians.
+fn interleaved() {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (rounds, batch) = (env("ROUNDS", 60), env("BATCH", 5000));
+    let Variants { rt, mut list } = variants();
+    // `ONLY=name` keeps the bare router and that variant (for a profiler).
+    if let Ok(only) = std::env::var("ONLY") {
+        list.retain(|(name, ..)| *name == "bare_router" || *name == only);
+    }
+    let n = list.len();
+    // ns per request, by variant, by round.
+    let mut times = vec![Vec::with_capacity(rounds); n];
+    for round in 0..rounds {
+        // Round r runs variant r mod n first: the order rotates.
+        for i in 0..n {
+            let v = (round + i) % n;
+            let (_, router, header, _) = &list[v];
+            let started = std::time::Instant::now();
+            rt.block_on(async {
+                for _ in 0..batch {
+                    let response = router.clone().oneshot(request(header)).await;
+                    black_box(response.map(|r| r.status()).ok());
+                }
+            });
+            times[v].push(started.elapsed().as_nanos() as f64 / batch as f64);
+        }
+    }
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        let mid = xs.len() / 2;
+        if xs.len() % 2 == 0 {
+            (xs[mid - 1] + xs[mid]) / 2.0
+        } else {
+            xs[mid]
+        }
+    };
+    let overhead = |v: usize| median((0..rounds).map(|r| times[v][r] - times[0][r]).collect());
+    let floor_at = list
+        .iter()
+        .position(|(name, ..)| *name == "floor_validate_header_hashmap");
+    let floor = floor_at.map_or(f64::NAN, overhead);
+    println!("{rounds} rounds x {batch} requests per variant, order rotating; medians\n");
+    println!("| variant | time / request | overhead over bare (paired) | vs floor's overhead |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (v, (name, ..)) in list.iter().enumerate() {
+        let time = median(times[v].clone());
+        if v == 0 {
+            println!("| {name} | {time:.0} ns | — | — |");
+        } else {
+            let over = overhead(v);
+            println!(
+                "| {name} | {time:.0} ns | {over:.0} ns | {:.2}× |",
+                over / floor
+            );
+        }
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--interleaved") {
+        interleaved();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
 criterion_group!(benches, hot_path);
-criterion_main!(benches);

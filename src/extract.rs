@@ -46,7 +46,32 @@ impl Default for KeyExtractor {
 /// A key found in a request, borrowed from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Found<'a> {
-    pub(crate) key: &'a str,
+    /// The key as sent, not yet checked against the key format. A header value or query
+    /// parameter is visible ASCII; a bearer token's syntax is checked by
+    /// [`check_syntax`](Self::check_syntax).
+    pub(crate) key: &'a [u8],
+    /// Whether the key is a bearer token, whose `b64token` syntax is left to `check_syntax`.
+    bearer: bool,
+}
+
+impl Found<'_> {
+    /// A bearer token's RFC 6750 `b64token` syntax (400 `invalid_request` if broken).
+    ///
+    /// Left out of [`KeyExtractor::extract`] so that a cache hit, whose digest vouches for every
+    /// byte of the key, does not scan the token again; the layer calls it before it refuses a
+    /// malformed key or looks further than the cache.
+    pub(crate) fn check_syntax(&self) -> Result<(), Rejection> {
+        if !self.bearer {
+            return Ok(());
+        }
+        // `b64token` characters, then only `=` padding.
+        let padding = self.key.iter().rev().take_while(|&&c| c == b'=').count();
+        let body = &self.key[..self.key.len() - padding];
+        if body.is_empty() || !all_b64token(body) {
+            return Err(Rejection::BadRequest(BadRequest::MalformedHeader));
+        }
+        Ok(())
+    }
 }
 
 impl KeyExtractor {
@@ -92,19 +117,24 @@ impl KeyExtractor {
         &self,
         request: &'a Request<B>,
     ) -> Result<Option<Found<'a>>, Rejection> {
-        let mut found: Option<&'a str> = None;
-        let mut offer = |key: &'a str| -> Result<(), Rejection> {
+        let mut found: Option<Found<'a>> = None;
+        let mut offer = |key: &'a [u8], bearer: bool| -> Result<(), Rejection> {
             if key.len() > self.max_len {
                 return Err(Rejection::Malformed(FormatError::TooLong {
                     max: self.max_len,
                 }));
             }
-            match found {
-                Some(previous) if previous != key => {
+            match &mut found {
+                Some(previous) if previous.key != key => {
                     Err(Rejection::BadRequest(BadRequest::MultipleKeys))
                 }
-                _ => {
-                    found = Some(key);
+                // The same key in several places: its syntax is checked if any is a bearer token.
+                Some(previous) => {
+                    previous.bearer |= bearer;
+                    Ok(())
+                }
+                None => {
+                    found = Some(Found { key, bearer });
                     Ok(())
                 }
             }
@@ -112,7 +142,7 @@ impl KeyExtractor {
         if self.bearer {
             for value in request.headers().get_all(AUTHORIZATION) {
                 if let Some(token) = bearer_token(value.as_bytes(), self.max_len)? {
-                    offer(token)?;
+                    offer(token, true)?;
                 }
             }
         }
@@ -128,16 +158,16 @@ impl KeyExtractor {
                     .map_err(|_| Rejection::BadRequest(BadRequest::MalformedHeader))?
                     .trim_matches([' ', '\t']);
                 if !value.is_empty() {
-                    offer(value)?;
+                    offer(value.as_bytes(), false)?;
                 }
             }
         }
         if let Some(param) = &self.query {
             for value in query_values(request.uri(), param) {
-                offer(value)?;
+                offer(value.as_bytes(), false)?;
             }
         }
-        Ok(found.map(|key| Found { key }))
+        Ok(found)
     }
 
     /// Removes every credential this extractor reads from `request`, so the inner service never
@@ -164,18 +194,30 @@ impl KeyExtractor {
     }
 }
 
-/// `B64TOKEN[c]`: whether byte `c` may appear in a `b64token` before its `=` padding.
-static B64TOKEN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut c = 0;
-    while c < 256 {
-        let b = c as u8;
-        table[c] =
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
-        c += 1;
+/// Whether byte `c` may appear in a `b64token` before its `=` padding. Comparisons rather than
+/// a table, so that [`all_b64token`] compiles to vector code.
+#[inline(always)]
+fn is_b64token(c: u8) -> bool {
+    let digit = c.wrapping_sub(b'0') < 10;
+    let letter = (c | 0x20).wrapping_sub(b'a') < 26;
+    let symbol = (c == b'-') | (c == b'.') | (c == b'_') | (c == b'~') | (c == b'+') | (c == b'/');
+    digit | letter | symbol
+}
+
+/// Whether every byte of `bytes` is a `b64token` character: sixteen at a time, with no branch
+/// inside a block, so the compiler checks each block with vector compares.
+fn all_b64token(bytes: &[u8]) -> bool {
+    let mut blocks = bytes.chunks_exact(16);
+    let mut ok = true;
+    for block in &mut blocks {
+        let mut block_ok = true;
+        for &c in block {
+            block_ok &= is_b64token(c);
+        }
+        ok &= block_ok;
     }
-    table
-};
+    ok && blocks.remainder().iter().all(|&c| is_b64token(c))
+}
 
 fn scheme_is_bearer(value: &[u8]) -> bool {
     value.len() >= 6
@@ -187,7 +229,7 @@ fn scheme_is_bearer(value: &[u8]) -> bool {
 ///
 /// `credentials = auth-scheme [ 1*SP token68 ]` (RFC 9110 §11.4) with RFC 6750's
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-fn bearer_token(value: &[u8], max_len: usize) -> Result<Option<&str>, Rejection> {
+fn bearer_token(value: &[u8], max_len: usize) -> Result<Option<&[u8]>, Rejection> {
     fn malformed() -> Rejection {
         Rejection::BadRequest(BadRequest::MalformedHeader)
     }
@@ -202,18 +244,11 @@ fn bearer_token(value: &[u8], max_len: usize) -> Result<Option<&str>, Rejection>
     if token.len() > max_len {
         return Err(Rejection::Malformed(FormatError::TooLong { max: max_len }));
     }
-    // One pass: `b64token` characters, then only `=` padding.
-    let body = token
-        .iter()
-        .take_while(|&&c| B64TOKEN[usize::from(c)])
-        .count();
-    if body == 0 || token[body..].iter().any(|&c| c != b'=') {
+    if token.is_empty() {
         return Err(malformed());
     }
-    // Only ASCII was accepted above.
-    std::str::from_utf8(token)
-        .map(Some)
-        .map_err(|_| malformed())
+    // The `b64token` syntax is checked by `Found::check_syntax`.
+    Ok(Some(token))
 }
 
 fn query_values<'a, 'n>(
@@ -260,7 +295,12 @@ mod tests {
 
     fn extract(e: &KeyExtractor, r: &Request<()>) -> Result<Option<String>, String> {
         e.extract(r)
-            .map(|f| f.map(|f| f.key.to_owned()))
+            .and_then(|f| match f {
+                Some(f) => f
+                    .check_syntax()
+                    .map(|()| Some(String::from_utf8_lossy(f.key).into_owned())),
+                None => Ok(None),
+            })
             .map_err(|r| r.code().to_owned())
     }
 

@@ -2,9 +2,9 @@
 //!
 //! For each request the service: finds the key ([`KeyExtractor`]); rejects a malformed key with
 //! no I/O; asks the verifier, which answers at once on a cache hit (no boxed future) or
-//! asynchronously otherwise; applies the route's policy; and inserts [`Principal`] plus
+//! asynchronously otherwise; applies the route's policy; and inserts the
 //! [`AuthenticatedUser`](crate::AuthenticatedUser) or [`AuthenticatedTeam`](crate::AuthenticatedTeam)
-//! into the request extensions before calling the inner service. Refusals are answered by the
+//! into the request extensions ([`Principal::from_extensions`] reads either) before calling the inner service. Refusals are answered by the
 //! [`RejectionResponder`] without calling the inner service.
 //!
 //! It works on any `Service<http::Request<B>, Response = http::Response<ResB>>`: axum, hyper,
@@ -34,8 +34,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::extract::KeyExtractor;
-use crate::key::{ApiKey, KeyKind};
+use crate::extract::{Found, KeyExtractor};
+use crate::key::{parse_structure, ApiKey, FormatError, KeyDigest, KeyKind, KeyParts};
 use crate::principal::Principal;
 use crate::reject::{DefaultResponder, Rejection, RejectionResponder};
 use crate::verify::{InvalidReason, KeyVerifier, Verdict, VerifyError};
@@ -294,49 +294,66 @@ impl<V: KeyVerifier, R> Guard<V, R> {
                 Mode::Required => Step::Reject(Rejection::Missing),
             };
         };
-        let key = match ApiKey::parse(found.key) {
-            Ok(key) => key,
-            Err(error) => {
-                tracing::debug!(%error, "malformed API key refused");
-                return Step::Reject(Rejection::Malformed(error));
+        // The structural rules first: a key that breaks one costs no hashing.
+        let parts = match parse_structure(found.key) {
+            Ok(parts) => parts,
+            Err(error) => return malformed(&found, error),
+        };
+        let digest = KeyDigest::of_bytes(found.key);
+        // A cache hit needs neither the rest of the format check nor a copy of the key.
+        let outcome = match self.verifier.cached_verdict(&digest) {
+            Some(verdict) => Ok(Ok(verdict)),
+            None => {
+                if let Err(rejection) = found.check_syntax() {
+                    return Step::Reject(rejection);
+                }
+                // ASCII: the extractor and the syntax check let nothing else through.
+                let text = std::str::from_utf8(found.key).map_err(|e| FormatError::Secret {
+                    at: e.valid_up_to(),
+                });
+                let key = match text.and_then(|text| ApiKey::parse_with_digest(text, digest)) {
+                    Ok(key) => key,
+                    Err(error) => return malformed(&found, error),
+                };
+                self.verifier.verify_now(&key).ok_or(key)
             }
         };
         if self.strip {
             self.extractor.strip(request);
         }
-        match self.verifier.verify_now(&key) {
-            Some(result) => match self.decide(&key, result) {
+        match outcome {
+            Ok(result) => match self.decide(&parts, result) {
                 Ok(principal) => {
                     principal.insert_into(request.extensions_mut());
                     Step::Pass
                 }
                 Err(rejection) => Step::Reject(rejection),
             },
-            None => Step::Verify(key),
+            Err(key) => Step::Verify(key),
         }
     }
 
     /// Turns the verifier's answer into a principal or a refusal, applying the policy.
     fn decide(
         &self,
-        key: &ApiKey,
+        key: &KeyParts,
         result: Result<Verdict, VerifyError>,
     ) -> Result<Principal, Rejection> {
         let info = match result {
             Ok(Verdict::Valid(info)) => info,
             Ok(Verdict::Invalid(reason)) => {
-                tracing::debug!(key = %key, key_id = %key.key_id(), %reason, "API key refused");
+                tracing::debug!(key = %key, key_id = %key.key_id, %reason, "API key refused");
                 return Err(Rejection::Invalid(reason));
             }
             Err(error) => {
-                tracing::warn!(key = %key, key_id = %key.key_id(), %error, "API key could not be verified");
+                tracing::warn!(key = %key, key_id = %key.key_id, %error, "API key could not be verified");
                 return Err(Rejection::Unavailable(error));
             }
         };
         // A verifier must agree with what the key says about itself.
-        let mismatch = if info.owner.kind() != key.kind() {
+        let mismatch = if info.owner.kind() != key.kind {
             Some(InvalidReason::WrongType)
-        } else if info.key_id != key.key_id() {
+        } else if info.key_id != key.key_id {
             Some(InvalidReason::NotFound)
         } else if info.is_expired() {
             Some(InvalidReason::Expired)
@@ -344,25 +361,34 @@ impl<V: KeyVerifier, R> Guard<V, R> {
             None
         };
         if let Some(reason) = mismatch {
-            tracing::debug!(key = %key, key_id = %key.key_id(), %reason, "API key refused");
+            tracing::debug!(key = %key, key_id = %key.key_id, %reason, "API key refused");
             return Err(Rejection::Invalid(reason));
         }
         if let Some(required) = self.kind {
-            if required != key.kind() {
-                tracing::debug!(key = %key, key_id = %key.key_id(), %required, "API key of the wrong kind");
+            if required != key.kind {
+                tracing::debug!(key = %key, key_id = %key.key_id, %required, "API key of the wrong kind");
                 return Err(Rejection::WrongKind { required });
             }
         }
         // The key's own `pk_` prefix is authoritative; a verifier can only add to it.
-        let is_public = info.is_public || key.is_public();
+        let is_public = info.is_public || key.is_public;
         if is_public && !self.allow_public {
-            tracing::debug!(key = %key, key_id = %key.key_id(), "public API key refused");
+            tracing::debug!(key = %key, key_id = %key.key_id, "public API key refused");
             return Err(Rejection::PublicKeyRefused);
         }
         let mut principal = Principal::from_key_info(&info);
         principal.set_public(is_public);
         Ok(principal)
     }
+}
+
+/// The refusal of a malformed key: 400 if the credential's syntax is broken, else 401.
+fn malformed(found: &Found<'_>, error: FormatError) -> Step {
+    if let Err(rejection) = found.check_syntax() {
+        return Step::Reject(rejection);
+    }
+    tracing::debug!(%error, "malformed API key refused");
+    Step::Reject(Rejection::Malformed(error))
 }
 
 /// Put in the extensions of a keyless request let through in optional mode, so the axum
@@ -407,13 +433,13 @@ where
                 let verify: VerifyFuture<Response<ResB>> = Box::pin(async move {
                     let result = guard.verifier.verify(&key).await;
                     guard
-                        .decide(&key, result)
+                        .decide(key.parts(), result)
                         .map_err(|rejection| guard.responder.respond(&rejection))
                 });
                 ResponseFuture {
                     state: State::Verify {
                         verify,
-                        pending: Some((request, inner)),
+                        pending: Some(Box::new((request, inner))),
                     },
                 }
             }
@@ -443,7 +469,9 @@ pin_project! {
     {
         Verify {
             verify: VerifyFuture<S::Response>,
-            pending: Option<(Request<ReqB>, S)>,
+            // Boxed: the slow path allocates anyway, and the future every request carries stays
+            // the size of the inner service's future.
+            pending: Option<Box<(Request<ReqB>, S)>>,
         },
         Inner {
             #[pin]
@@ -467,10 +495,11 @@ where
             match state.as_mut().project() {
                 StateProj::Verify { verify, pending } => {
                     let decision = ready!(verify.as_mut().poll(cx));
-                    let Some((mut request, mut inner)) = pending.take() else {
+                    let Some(pending) = pending.take() else {
                         // Only reachable if polled again after a panic in this branch.
                         return Poll::Pending;
                     };
+                    let (mut request, mut inner) = *pending;
                     match decision {
                         Ok(principal) => {
                             principal.insert_into(request.extensions_mut());

@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime};
 
 use uuid::Uuid;
 
-use crate::key::{ApiKey, KeyKind};
+use crate::key::{ApiKey, KeyDigest, KeyKind};
 
 /// Who owns a key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -109,6 +109,20 @@ impl KeyInfo {
     pub fn with_description(mut self, description: impl AsRef<str>) -> Self {
         self.description = Arc::from(description.as_ref());
         self
+    }
+
+    /// A copy whose owner id is a fresh allocation, for a per-thread cache: the reference counts
+    /// a request touches (the copy's and the owner id's) then live on memory no other thread
+    /// writes to, so threads serving the same key do not contend for one cache line.
+    pub(crate) fn thread_private_copy(&self) -> Self {
+        let owner = match &self.owner {
+            Owner::User(id) => Owner::User(Arc::from(&**id)),
+            Owner::Team(id) => Owner::Team(Arc::from(&**id)),
+        };
+        Self {
+            owner,
+            ..self.clone()
+        }
     }
 
     /// Whether the key has expired at `now`.
@@ -249,8 +263,9 @@ impl VerifyError {
 
 /// Verifies well-formed keys.
 ///
-/// Implementations only ever see keys that passed the format check. See the [module
-/// docs](self) for why the trait is generic rather than object-safe.
+/// Implementations only ever see keys that passed the format check (but see
+/// [`cached_verdict`](Self::cached_verdict)). See the [module docs](self) for why the trait is
+/// generic rather than object-safe.
 pub trait KeyVerifier: Send + Sync + 'static {
     /// Verifies `key`.
     fn verify(&self, key: &ApiKey) -> impl Future<Output = Result<Verdict, VerifyError>> + Send;
@@ -260,6 +275,20 @@ pub trait KeyVerifier: Send + Sync + 'static {
     /// request answered here costs no boxed future.
     fn verify_now(&self, key: &ApiKey) -> Option<Result<Verdict, VerifyError>> {
         let _ = key;
+        None
+    }
+
+    /// A verdict remembered from an earlier [`verify`](Self::verify) of the key with this
+    /// digest, if the verifier holds one: the cache-hit fast path.
+    ///
+    /// The layer asks this first, before it copies the key and before it checks the key's secret
+    /// alphabet and checksum (a remembered digest can only belong to a key that passed them when
+    /// it was verified). It still checks the verdict against the key's type, id and prefix, and
+    /// applies the route's policy. Answer only with what `verify` answered for that very key; for
+    /// anything else, `None`, which is the default and sends the key down the full path
+    /// ([`verify_now`](Self::verify_now), then `verify`).
+    fn cached_verdict(&self, digest: &KeyDigest) -> Option<Verdict> {
+        let _ = digest;
         None
     }
 
@@ -277,6 +306,10 @@ impl<V: KeyVerifier> KeyVerifier for Arc<V> {
 
     fn verify_now(&self, key: &ApiKey) -> Option<Result<Verdict, VerifyError>> {
         (**self).verify_now(key)
+    }
+
+    fn cached_verdict(&self, digest: &KeyDigest) -> Option<Verdict> {
+        (**self).cached_verdict(digest)
     }
 
     fn subscribe_revocations(&self, listener: RevocationListener) {

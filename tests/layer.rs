@@ -720,6 +720,106 @@ async fn a_verifier_that_contradicts_the_key_is_not_believed() {
         send(&app, "/principal", &[bearer(key.expose_secret())])
             .await
             .assert_outcome(outcome, name);
+        // Behind a cache, the second request is answered from the cached verdict (the digest
+        // fast path), which the layer must check against the key just the same.
+        let verifier = TestVerifier::new(Behaviour::Valid(*describe));
+        let cached = CachedVerifier::new(verifier.clone());
+        let app = routes().layer(RequireApiKey::new(cached).allow_public_keys(false));
+        for attempt in ["first", "cached"] {
+            send(&app, "/principal", &[bearer(key.expose_secret())])
+                .await
+                .assert_outcome(outcome, &format!("{name}, behind a cache, {attempt}"));
+        }
+        // An expired verdict is never cached, so both requests reach the verifier.
+        let calls = if describe(key).is_expired() { 2 } else { 1 };
+        assert_eq!(verifier.calls(), calls, "{name}: calls behind the cache");
+    }
+}
+
+/// A verifier that answers every digest from its "cache" with one fixed verdict, and counts
+/// how often each path is asked.
+struct FastPathOnly {
+    verdict: Verdict,
+    cached_asks: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+impl KeyVerifier for FastPathOnly {
+    async fn verify(&self, _key: &ApiKey) -> Result<Verdict, VerifyError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Verdict::Invalid(keygate::verify::InvalidReason::NotFound))
+    }
+
+    fn cached_verdict(&self, _digest: &keygate::key::KeyDigest) -> Option<Verdict> {
+        self.cached_asks.fetch_add(1, Ordering::SeqCst);
+        Some(self.verdict.clone())
+    }
+}
+
+#[tokio::test]
+async fn the_cached_verdict_fast_path_is_checked_like_any_other_answer() {
+    let key = generated(KeyKind::User, false);
+    let structurally_broken = {
+        // The marker is part of the structure the layer checks before it hashes anything.
+        let mut bytes = key.expose_secret().as_bytes().to_vec();
+        bytes[90] = b'x';
+        String::from_utf8(bytes).expect("ascii")
+    };
+    let admitted =
+        Outcome::Ok(json!({"kind": "user", "owner_id": "u", "key_id": key.key_id().to_string()}));
+    // (name, verdict the fast path gives, key sent, outcome, fast path asked, verify calls)
+    let rows: Vec<(&str, Verdict, &str, Outcome, usize)> = vec![
+        (
+            "a matching verdict is taken without a verifier call",
+            Verdict::valid(KeyInfo::new(key.key_id(), Owner::user("u"), false)),
+            key.expose_secret(),
+            admitted,
+            1,
+        ),
+        (
+            "a verdict for another key id is refused",
+            Verdict::valid(KeyInfo::new(Uuid::new_v4(), Owner::user("u"), false)),
+            key.expose_secret(),
+            Outcome::Rejected(INVALID),
+            1,
+        ),
+        (
+            "a verdict naming a team for a user key is refused",
+            Verdict::valid(KeyInfo::new(key.key_id(), Owner::team("t"), false)),
+            key.expose_secret(),
+            Outcome::Rejected(INVALID),
+            1,
+        ),
+        (
+            "an expired verdict is refused",
+            Verdict::valid(
+                KeyInfo::new(key.key_id(), Owner::user("u"), false)
+                    .with_expires_at(Some(SystemTime::now() - Duration::from_secs(1))),
+            ),
+            key.expose_secret(),
+            Outcome::Rejected(INVALID),
+            1,
+        ),
+        (
+            "a structurally malformed key is refused before the fast path is asked",
+            Verdict::valid(KeyInfo::new(key.key_id(), Owner::user("u"), false)),
+            &structurally_broken,
+            Outcome::Rejected(INVALID),
+            0,
+        ),
+    ];
+    for (name, verdict, sent, outcome, asked) in rows {
+        let verifier = Arc::new(FastPathOnly {
+            verdict,
+            cached_asks: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
+        });
+        let app = routes().layer(RequireApiKey::from_arc(Arc::clone(&verifier)));
+        send(&app, "/principal", &[bearer(sent)])
+            .await
+            .assert_outcome(&outcome, name);
+        assert_eq!(verifier.cached_asks.load(Ordering::SeqCst), asked, "{name}");
+        assert_eq!(verifier.calls.load(Ordering::SeqCst), 0, "{name}");
     }
 }
 
@@ -1156,17 +1256,28 @@ async fn the_handler_sees_the_credentials_unless_they_are_stripped() {
         ),
     ];
     for strip in [false, true] {
-        let app = routes().layer(
-            RequireApiKey::new(k.store.clone())
-                .extractor(every_place())
-                .strip_credentials(strip),
-        );
-        for (name, uri, headers, kept, stripped) in &rows {
-            let expected = if strip { stripped } else { kept };
-            send(&app, uri, headers).await.assert_outcome(
-                &Outcome::Ok(expected.clone()),
-                &format!("{name}, strip_credentials({strip})"),
-            );
+        let guard = RequireApiKey::new(k.store.clone())
+            .extractor(every_place())
+            .strip_credentials(strip);
+        let cached = RequireApiKey::new(CachedVerifier::new(k.store.clone()))
+            .extractor(every_place())
+            .strip_credentials(strip);
+        // The store answers at once; the cache answers the second request of each row from
+        // its digest fast path.
+        let apps = [
+            ("store", routes().layer(guard)),
+            ("cache", routes().layer(cached)),
+        ];
+        for (verifier, app) in &apps {
+            for (name, uri, headers, kept, stripped) in &rows {
+                let expected = if strip { stripped } else { kept };
+                for attempt in ["first", "second"] {
+                    send(app, uri, headers).await.assert_outcome(
+                        &Outcome::Ok(expected.clone()),
+                        &format!("{name}, strip_credentials({strip}), {verifier}, {attempt}"),
+                    );
+                }
+            }
         }
     }
 }
@@ -1391,7 +1502,7 @@ async fn check_plain_tower_service<V: KeyVerifier>(
         let seen = json!({
             "user_id": extensions.get::<AuthenticatedUser>().map(|u| u.user_id.to_string()),
             "team_id": extensions.get::<AuthenticatedTeam>().map(|t| t.team_id.to_string()),
-            "key_id": extensions.get::<Principal>().map(|p| p.key_id().to_string()),
+            "key_id": Principal::from_extensions(extensions).map(|p| p.key_id().to_string()),
         });
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(seen.to_string()))))
     });

@@ -29,7 +29,8 @@ use axum::Router;
 use http_body_util::BodyExt;
 use keygate::key::{ApiKey, Deployment, KeyKind};
 use keygate::stack_auth::{StackAuthConfig, StackAuthVerifier, StackAuthVerifierBuilder};
-use keygate::{AuthenticatedUser, CachedVerifier, RequireApiKey};
+use keygate::verify::{KeyVerifier, VerifyError, VerifyErrorKind};
+use keygate::{AuthenticatedUser, CachedVerifier, RequireApiKey, Verdict};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -65,6 +66,8 @@ enum Script {
     /// The client is told to speak TLS (`https://`); the upstream answers the handshake with
     /// plain HTTP at once and closes. No HTTP request is ever read.
     PlainToTls,
+    /// Connection `n` (from 0, in accept order) gets script `n`; later ones get the last.
+    Each(Arc<[Script]>),
 }
 
 /// One request as the upstream read it.
@@ -111,8 +114,17 @@ impl Upstream {
         }
         let (calls, requests) = (upstream.calls.clone(), upstream.requests.clone());
         tokio::spawn(async move {
+            let mut accepted = 0usize;
             while let Ok((stream, _)) = listener.accept().await {
-                let (script, calls, requests) = (script.clone(), calls.clone(), requests.clone());
+                let script = match &script {
+                    Script::Each(scripts) => scripts
+                        .get(accepted.min(scripts.len().saturating_sub(1)))
+                        .cloned()
+                        .unwrap_or(Script::Silent),
+                    other => other.clone(),
+                };
+                accepted += 1;
+                let (calls, requests) = (calls.clone(), requests.clone());
                 // I/O errors only mean the client went away first (an oversized body, a timeout).
                 tokio::spawn(async move {
                     let _ = serve(stream, script, calls, requests).await;
@@ -159,7 +171,7 @@ async fn serve(
         .push(request);
     calls.fetch_add(1, Ordering::SeqCst);
     match script {
-        Script::Refused | Script::PlainToTls => unreachable!("handled above"),
+        Script::Refused | Script::PlainToTls | Script::Each(_) => unreachable!("handled above"),
         Script::Reply { delay, bytes } => {
             tokio::time::sleep(delay).await;
             stream.write_all(&bytes).await?;
@@ -808,6 +820,180 @@ async fn verdicts_are_answered_and_cached() {
     .await;
 }
 
+/// Milliseconds since the epoch, `offset_secs` from now.
+fn millis_from_now(offset_secs: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(now.as_millis()).expect("fits") + offset_secs * 1000
+}
+
+/// `base` with `extra`'s fields added (or replaced).
+fn with(base: &Value, extra: &Value) -> Value {
+    let mut merged = base.clone();
+    if let (Some(merged), Some(extra)) = (merged.as_object_mut(), extra.as_object()) {
+        merged.extend(extra.clone());
+    }
+    merged
+}
+
+#[tokio::test]
+async fn a_key_object_with_is_valid_is_still_read_as_a_key_object() {
+    let f = Fixture::new();
+    let object = f.key_object();
+    let revoked_at = json!({ "manually_revoked_at_millis": 1_745_100_000_000_i64 });
+    run_all(
+        &f,
+        &[
+            Case::new(
+                "200 key object + is_valid: true",
+                json_reply(200, &with(&object, &json!({ "is_valid": true }))),
+                Outcome::Valid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 revoked key object",
+                json_reply(200, &with(&object, &revoked_at)),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 revoked key object + is_valid: true",
+                json_reply(
+                    200,
+                    &with(&with(&object, &revoked_at), &json!({ "is_valid": true })),
+                ),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 expired key object + is_valid: true",
+                json_reply(
+                    200,
+                    &with(
+                        &object,
+                        &json!({ "is_valid": true, "expires_at_millis": millis_from_now(-60) }),
+                    ),
+                ),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 key object + is_valid: false",
+                json_reply(200, &with(&object, &json!({ "is_valid": false }))),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 key object + is_valid: \"yes\"",
+                json_reply(200, &with(&object, &json!({ "is_valid": "yes" }))),
+                Outcome::Unavailable,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 partial key object (type, no created_at_millis) + is_valid: true",
+                json_reply(
+                    200,
+                    &json!({
+                        "is_valid": true,
+                        "id": f.key.key_id().to_string(),
+                        "type": "user",
+                        "user_id": f.user_id,
+                    }),
+                ),
+                Outcome::Unavailable,
+                Calls::Exactly(1),
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_short_form_honours_revocation_and_expiry() {
+    let f = Fixture::new();
+    let short = json!({
+        "is_valid": true,
+        "id": f.key.key_id().to_string(),
+        "user_id": f.user_id,
+    });
+    run_all(
+        &f,
+        &[
+            Case::new(
+                "200 {is_valid: true} + manually_revoked_at_millis",
+                json_reply(
+                    200,
+                    &with(
+                        &short,
+                        &json!({ "manually_revoked_at_millis": 1_745_100_000_000_i64 }),
+                    ),
+                ),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 {is_valid: true} + manually_revoked_at_millis: null",
+                json_reply(
+                    200,
+                    &with(&short, &json!({ "manually_revoked_at_millis": null })),
+                ),
+                Outcome::Valid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 {is_valid: true} + past expires_at_millis",
+                json_reply(
+                    200,
+                    &with(
+                        &short,
+                        &json!({ "expires_at_millis": millis_from_now(-60) }),
+                    ),
+                ),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 {is_valid: true} + future expires_at_millis",
+                json_reply(
+                    200,
+                    &with(
+                        &short,
+                        &json!({ "expires_at_millis": millis_from_now(3600) }),
+                    ),
+                ),
+                Outcome::Valid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 {is_valid: true} + expires_at_millis: \"soon\"",
+                json_reply(200, &with(&short, &json!({ "expires_at_millis": "soon" }))),
+                Outcome::Unavailable,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 {is_valid: true} + user_id and team_id",
+                json_reply(
+                    200,
+                    &with(&short, &json!({ "team_id": Uuid::new_v4().to_string() })),
+                ),
+                Outcome::Unavailable,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 {is_valid: false} + manually_revoked_at_millis",
+                json_reply(
+                    200,
+                    &json!({ "is_valid": false, "manually_revoked_at_millis": 1 }),
+                ),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+        ],
+    )
+    .await;
+}
+
 /// An in-memory writer for `tracing_subscriber::fmt`.
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -960,6 +1146,83 @@ async fn circuit_opens_after_consecutive_failures() {
         "circuit breaker (2, 30 s), upstream 500 -> 503, 503, then 503 (Retry-After {secs}) with upstream calls {}",
         upstream.calls()
     );
+}
+
+/// Polls until the upstream has read `n` requests; panics after 5 s.
+async fn wait_for_calls(upstream: &Upstream, n: usize) {
+    for _ in 0..5_000 {
+        if upstream.calls() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!(
+        "the upstream never read {n} requests (read {})",
+        upstream.calls()
+    );
+}
+
+#[tokio::test]
+async fn dropping_a_call_that_is_not_the_probe_leaves_the_probe_alone() {
+    let f = Fixture::new();
+    let boom = reply(500, &[("content-type", "text/plain")], "boom");
+    // Connection 1 (call A) hangs; 2 (call B) fails and opens the circuit; 3 (the probe) hangs;
+    // any later one fails.
+    let upstream = Upstream::start(Script::Each(
+        vec![Script::Silent, boom.clone(), Script::Silent, boom].into(),
+    ))
+    .await;
+    let verifier = verifier(upstream.base_url())
+        .attempt_timeout(Duration::from_secs(10))
+        .deadline(Duration::from_secs(10))
+        .max_retries(0)
+        .circuit_breaker(1, Duration::from_millis(100))
+        .build()
+        .expect("verifier");
+    let spawn_call = || {
+        let (verifier, key) = (verifier.clone(), f.key.clone());
+        tokio::spawn(async move { verifier.verify(&key).await })
+    };
+    let refused = |context: &str, result: Result<Verdict, VerifyError>| match result {
+        Err(e) if e.kind() == VerifyErrorKind::CircuitOpen => {}
+        other => panic!("{context}: expected CircuitOpen, got {other:?}"),
+    };
+
+    // A: admitted while the circuit is closed, then stuck upstream.
+    let a = spawn_call();
+    wait_for_calls(&upstream, 1).await;
+    // B: fails and opens the circuit (threshold 1).
+    let b = verifier.verify(&f.key).await;
+    assert!(
+        matches!(&b, Err(e) if e.kind() == VerifyErrorKind::Upstream),
+        "{b:?}"
+    );
+    refused("open", verifier.verify(&f.key).await);
+
+    // After the cooldown, one probe goes out and hangs; everyone else is refused.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let probe = spawn_call();
+    wait_for_calls(&upstream, 3).await;
+    refused("half-open, probe in flight", verifier.verify(&f.key).await);
+
+    // A is dropped mid-flight. It never held the probe, so the probe's slot stays taken.
+    a.abort();
+    assert!(a.await.expect_err("aborted").is_cancelled());
+    refused(
+        "half-open after a non-probe call was dropped",
+        verifier.verify(&f.key).await,
+    );
+    assert_eq!(upstream.calls(), 3, "a second probe went out");
+
+    // The probe itself is dropped: its slot is freed and the next call probes at once.
+    probe.abort();
+    assert!(probe.await.expect_err("aborted").is_cancelled());
+    let next = verifier.verify(&f.key).await;
+    assert!(
+        matches!(&next, Err(e) if e.kind() == VerifyErrorKind::Upstream),
+        "the next call probes: {next:?}"
+    );
+    assert_eq!(upstream.calls(), 4);
 }
 
 /// Set (to a base URL) only in the child process of

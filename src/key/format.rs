@@ -170,37 +170,51 @@ impl KeyParts {
     }
 }
 
+/// Shows the key as `sk_…6e6f`: the prefix and the last four, never the secret.
+impl fmt::Display for KeyParts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_…{}", self.prefix(), self.last_four())
+    }
+}
+
 /// Parses and checks a key against every rule of the format, without allocating.
 ///
 /// The rules are checked in order: length, prefix, secret alphabet, key id, type, scanner flag,
 /// marker, checksum. The first one broken is returned.
 pub fn parse(key: &str) -> Result<KeyParts, FormatError> {
     let b = key.as_bytes();
-    if b.len() != KEY_LEN {
+    check_length_and_prefix(b)?;
+    check_secret(b)?;
+    let parts = parse_structure(b)?;
+    check_crc(b)?;
+    Ok(parts)
+}
+
+/// Every rule but the two that read the whole key: the secret's alphabet and the CRC-32.
+///
+/// What the layer checks before it hashes a key and asks the cache: a key that breaks none of
+/// these rules is hashed; a digest the cache knows can only come from a key that passed every
+/// rule when it was verified, so a hit needs no more. A miss goes through [`parse`] in full
+/// before any verifier sees the key.
+pub(crate) fn parse_structure(b: &[u8]) -> Result<KeyParts, FormatError> {
+    let is_public = check_length_and_prefix(b)?;
+    let Ok(b) = <&[u8; KEY_LEN]>::try_from(b) else {
         return Err(FormatError::Length { found: b.len() });
-    }
-    let is_public = match &b[..SECRET_START] {
-        b"sk_" => false,
-        b"pk_" => true,
-        _ => return Err(FormatError::Prefix),
     };
-    if let Some(i) = b[SECRET_START..ID_START]
-        .iter()
-        .position(|&c| !IS_CROCKFORD[usize::from(c)])
-    {
-        return Err(FormatError::Secret {
-            at: SECRET_START + i,
-        });
-    }
+    // Eight digits at a time (see `hex8`).
     let mut id = [0u8; 16];
-    for (i, pair) in b[ID_START..TYPE_START].chunks_exact(2).enumerate() {
-        let hi = hex_value(pair[0]).ok_or(FormatError::KeyId {
-            at: ID_START + 2 * i,
-        })?;
-        let lo = hex_value(pair[1]).ok_or(FormatError::KeyId {
-            at: ID_START + 2 * i + 1,
-        })?;
-        id[i] = hi << 4 | lo;
+    for (i, out) in id.chunks_exact_mut(4).enumerate() {
+        let at = ID_START + 8 * i;
+        match hex8(&b[at..at + 8]) {
+            Some(bytes) => out.copy_from_slice(&bytes),
+            None => {
+                let at = b[ID_START..TYPE_START]
+                    .iter()
+                    .position(|&c| hex_value(c).is_none())
+                    .map_or(ID_START, |i| ID_START + i);
+                return Err(FormatError::KeyId { at });
+            }
+        }
     }
     let kind = match &b[TYPE_START..FLAG_AT] {
         b"user" => KeyKind::User,
@@ -214,14 +228,10 @@ pub fn parse(key: &str) -> Result<KeyParts, FormatError> {
     if (flag & 2 != 0) != is_public {
         return Err(FormatError::ScannerFlag);
     }
-    if &b[MARKER_START..CHECKSUM_START] != MARKER.as_bytes() {
+    if b[MARKER_START..CHECKSUM_START] != *MARKER.as_bytes() {
         return Err(FormatError::Marker);
     }
-    let mut expected = 0u32;
-    for &c in &b[CHECKSUM_START..] {
-        expected = expected << 4 | u32::from(hex_value(c).ok_or(FormatError::Checksum)?);
-    }
-    if crc32fast::hash(&b[..CHECKSUM_START]) != expected {
+    if hex8(&b[CHECKSUM_START..]).is_none() {
         return Err(FormatError::Checksum);
     }
     let mut last_four = [0u8; 4];
@@ -237,6 +247,73 @@ pub fn parse(key: &str) -> Result<KeyParts, FormatError> {
         key_id: Uuid::from_bytes(id),
         last_four,
     })
+}
+
+/// Length and prefix; whether the key is public.
+fn check_length_and_prefix(b: &[u8]) -> Result<bool, FormatError> {
+    if b.len() != KEY_LEN {
+        return Err(FormatError::Length { found: b.len() });
+    }
+    match &b[..SECRET_START] {
+        b"sk_" => Ok(false),
+        b"pk_" => Ok(true),
+        _ => Err(FormatError::Prefix),
+    }
+}
+
+/// The secret part is lowercase Crockford base32. `b` is [`KEY_LEN`] bytes long.
+fn check_secret(b: &[u8]) -> Result<(), FormatError> {
+    match b[SECRET_START..ID_START]
+        .iter()
+        .position(|&c| !IS_CROCKFORD[usize::from(c)])
+    {
+        Some(i) => Err(FormatError::Secret {
+            at: SECRET_START + i,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The checksum is the CRC-32 of the rest. `b` is [`KEY_LEN`] bytes long, and its checksum
+/// part is hex (checked by [`parse_structure`]).
+fn check_crc(b: &[u8]) -> Result<(), FormatError> {
+    let mut expected = 0u32;
+    for &c in &b[CHECKSUM_START..] {
+        expected = expected << 4 | u32::from(hex_value(c).ok_or(FormatError::Checksum)?);
+    }
+    if crc32fast::hash(&b[..CHECKSUM_START]) == expected {
+        Ok(())
+    } else {
+        Err(FormatError::Checksum)
+    }
+}
+
+/// Decodes eight lowercase hex digits into four bytes, or `None` if any is not one: all eight
+/// at once in a `u64` (SWAR), with no branch or table lookup per digit.
+fn hex8(digits: &[u8]) -> Option<[u8; 4]> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let x = u64::from_le_bytes(digits.try_into().ok()?);
+    if x & HIGH != 0 {
+        return None;
+    }
+    // For bytes below 0x80, `ge(n)` has the high bit of each byte that is at least `n`.
+    let ge = |n: u8| x.wrapping_add(u64::from(0x80 - n) * ONES) & HIGH;
+    let digit = ge(b'0') & !ge(b'9' + 1);
+    let letter = ge(b'a') & !ge(b'f' + 1);
+    if digit | letter != HIGH {
+        return None;
+    }
+    // '0'..'9' are 0x30..0x39 and 'a'..'f' are 0x61..0x66: the low nibble, plus 9 for letters.
+    let values = (x & (0x0f * ONES)) + 9 * ((x >> 6) & ONES);
+    // Byte 2i of `pairs` is (digit 2i << 4) | digit 2i+1.
+    let pairs = (values << 4) | (values >> 8);
+    Some([
+        pairs as u8,
+        (pairs >> 16) as u8,
+        (pairs >> 32) as u8,
+        (pairs >> 48) as u8,
+    ])
 }
 
 /// Lowercase hex only: Stack Auth writes ids and checksums in lowercase.
@@ -375,6 +452,81 @@ mod tests {
         assert_eq!(parse(&with(85, "574ck4u7x")), Err(FormatError::Marker));
         assert_eq!(parse(&with(94, "00000000")), Err(FormatError::Checksum));
         assert_eq!(parse(&with(94, "F5356E6F")), Err(FormatError::Checksum));
+    }
+
+    #[test]
+    fn the_structure_check_skips_only_the_secret_alphabet_and_the_checksum() {
+        let v = USER_VECTOR;
+        let with = |at: usize, s: &str| format!("{}{}{}", &v[..at], s, &v[at + s.len()..]);
+        let whole = parse(v).expect("vector");
+        assert_eq!(parse_structure(v.as_bytes()), Ok(whole));
+        // The two rules it leaves to `parse` (a cache hit's digest vouches for them).
+        let facts = |p: KeyParts| (p.kind, p.is_public, p.deployment, p.key_id);
+        for skipped in [with(10, "u"), with(94, "00000000")] {
+            assert!(parse(&skipped).is_err());
+            let parts = parse_structure(skipped.as_bytes()).expect(&skipped);
+            assert_eq!(facts(parts), facts(whole), "{skipped}");
+            assert_eq!(parts.last_four(), &skipped[KEY_LEN - 4..]);
+        }
+        // Every other rule, with the same error as `parse`.
+        for broken in [
+            v[..101].to_owned(),
+            with(0, "xk"),
+            with(50, "g"),
+            with(79, "G"),
+            with(80, "uzer"),
+            with(84, "3"),
+            with(85, "574ck4u7x"),
+            with(94, "F5356E6F"),
+        ] {
+            assert!(parse_structure(broken.as_bytes()).is_err(), "{broken}");
+            assert_eq!(
+                parse_structure(broken.as_bytes()),
+                parse(&broken),
+                "{broken}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_structure_check_agrees_with_parse_on_what_it_checks(
+            at in 0usize..KEY_LEN,
+            c in proptest::char::range('!', '~'),
+        ) {
+            let mut bytes = USER_VECTOR.as_bytes().to_vec();
+            bytes[at] = c as u8;
+            let mutated = String::from_utf8(bytes).expect("ascii");
+            let structure = parse_structure(mutated.as_bytes());
+            // Whatever `parse` accepts, the structure check accepts with the same parts; what it
+            // refuses outside the secret and the checksum, the structure check refuses alike.
+            match parse(&mutated) {
+                Ok(parts) => proptest::prop_assert_eq!(structure, Ok(parts)),
+                Err(FormatError::Secret { .. } | FormatError::Checksum) => {}
+                Err(error) => proptest::prop_assert_eq!(structure, Err(error)),
+            }
+        }
+    }
+
+    #[test]
+    fn hex8_agrees_with_the_table_on_every_byte_in_every_position() {
+        let reference = |digits: &[u8]| -> Option<[u8; 4]> {
+            let mut out = [0u8; 4];
+            for (i, pair) in digits.chunks_exact(2).enumerate() {
+                out[i] = hex_value(pair[0])? << 4 | hex_value(pair[1])?;
+            }
+            Some(out)
+        };
+        let base = *b"0123abcd";
+        assert_eq!(hex8(&base), Some([0x01, 0x23, 0xab, 0xcd]));
+        assert_eq!(hex8(b"9fa0f9e8"), Some([0x9f, 0xa0, 0xf9, 0xe8]));
+        for at in 0..8 {
+            for c in 0..=255u8 {
+                let mut digits = base;
+                digits[at] = c;
+                assert_eq!(hex8(&digits), reference(&digits), "{c:#04x} at {at}");
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A small circuit breaker: after `threshold` consecutive failed checks it answers "open" for
 //! `cooldown`, then lets one probe through; the probe's outcome closes or reopens it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,8 @@ pub(crate) struct Breaker {
     threshold: u32,
     cooldown: Duration,
     state: Mutex<State>,
+    /// Numbers the probes, so that only the call holding the current one can abandon it.
+    next_probe: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -19,14 +22,21 @@ enum State {
     Open {
         until: Instant,
     },
-    /// One probe is in flight; everyone else is turned away.
-    Probing,
+    /// One probe (this one) is in flight; everyone else is turned away.
+    Probing(ProbeId),
 }
+
+/// Names one half-open probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProbeId(u64);
 
 /// Whether a call may go ahead.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Admission {
     Allowed,
+    /// Allowed as the half-open probe: this call must report back, or
+    /// [`abandon_probe`](Breaker::abandon_probe) with this id if it is dropped first.
+    Probe(ProbeId),
     /// Turned away; retry after this long.
     Rejected(Duration),
 }
@@ -38,6 +48,7 @@ impl Breaker {
             threshold,
             cooldown,
             state: Mutex::new(State::Closed { failures: 0 }),
+            next_probe: AtomicU64::new(0),
         }
     }
 
@@ -51,13 +62,14 @@ impl Breaker {
             State::Open { until } => {
                 let now = Instant::now();
                 if now >= until {
-                    *state = State::Probing;
-                    Admission::Allowed
+                    let probe = ProbeId(self.next_probe.fetch_add(1, Ordering::Relaxed));
+                    *state = State::Probing(probe);
+                    Admission::Probe(probe)
                 } else {
                     Admission::Rejected(until - now)
                 }
             }
-            State::Probing => Admission::Rejected(self.cooldown),
+            State::Probing(_) => Admission::Rejected(self.cooldown),
         }
     }
 
@@ -86,7 +98,7 @@ impl Breaker {
                 };
                 false
             }
-            State::Probing => {
+            State::Probing(_) => {
                 *state = open;
                 true
             }
@@ -94,10 +106,11 @@ impl Breaker {
         }
     }
 
-    /// Forgets a probe that never finished (the caller was dropped).
-    pub(crate) fn abandon_probe(&self) {
+    /// Forgets `probe`, which never finished (its caller was dropped), so the next call probes.
+    /// Does nothing if `probe` is no longer the one in flight.
+    pub(crate) fn abandon_probe(&self, probe: ProbeId) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let State::Probing = *state {
+        if matches!(*state, State::Probing(current) if current == probe) {
             *state = State::Open {
                 until: Instant::now(),
             };
@@ -117,7 +130,7 @@ mod tests {
         assert!(b.record_failure());
         assert!(matches!(b.admit(), Admission::Rejected(_)));
         std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(b.admit(), Admission::Allowed, "probe");
+        assert!(matches!(b.admit(), Admission::Probe(_)));
         assert!(
             matches!(b.admit(), Admission::Rejected(_)),
             "one probe at a time"
@@ -131,9 +144,33 @@ mod tests {
         let b = Breaker::new(1, Duration::from_millis(10));
         assert!(b.record_failure());
         std::thread::sleep(Duration::from_millis(15));
-        assert_eq!(b.admit(), Admission::Allowed);
+        assert!(matches!(b.admit(), Admission::Probe(_)));
         assert!(b.record_failure());
         assert!(matches!(b.admit(), Admission::Rejected(_)));
+    }
+
+    fn probe(b: &Breaker) -> ProbeId {
+        match b.admit() {
+            Admission::Probe(id) => id,
+            other => panic!("expected a probe, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_current_probe_can_be_abandoned() {
+        let b = Breaker::new(1, Duration::from_millis(10));
+        assert_eq!(b.admit(), Admission::Allowed, "closed: no probe");
+        assert!(b.record_failure());
+        std::thread::sleep(Duration::from_millis(15));
+        let first = probe(&b);
+        b.abandon_probe(first);
+        let second = probe(&b);
+        assert_ne!(first, second);
+        // The first probe's caller is long gone; abandoning it again must not free the slot.
+        b.abandon_probe(first);
+        assert!(matches!(b.admit(), Admission::Rejected(_)));
+        b.abandon_probe(second);
+        probe(&b);
     }
 
     #[test]

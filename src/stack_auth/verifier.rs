@@ -1,6 +1,7 @@
 //! [`StackAuthVerifier`]: checks keys through Stack Auth's check endpoints.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -10,7 +11,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use rand::TryRngCore;
 use tokio::time::Instant;
 
-use super::breaker::{Admission, Breaker};
+use super::breaker::{Admission, Breaker, ProbeId};
 use super::{default_client, ConfigError, StackAuthClient, StackAuthConfig};
 use crate::key::{ApiKey, KeyKind};
 use crate::verify::{
@@ -32,13 +33,19 @@ pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 /// Default time the circuit stays open before a probe.
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(10);
 
+/// Distinct misconfiguration causes logged loudly once each; later new causes share one line.
+const MAX_LOGGED_CAUSES: usize = 32;
+/// Longest cause (an upstream error code) kept in the set of logged causes.
+const MAX_CAUSE_LEN: usize = 64;
+
 const ACTUAL_STATUS: &str = "x-stack-actual-status";
 const KNOWN_ERROR: &str = "x-stack-known-error";
 
 /// Checks keys with `POST {base}/api/v1/{user,team}-api-keys/check`. Cheap to clone.
 ///
 /// - The route comes from the key's own `user`/`team` segment.
-/// - 200 → valid (Stack Auth's key object, or the `{"is_valid": …}` shape of its public docs).
+/// - 200 → valid (Stack Auth's key object, or the `{"is_valid": …}` shape of its public docs),
+///   unless the body says the key is revoked or expired.
 /// - `API_KEY_NOT_FOUND`, `WRONG_API_KEY_TYPE`, `API_KEY_REVOKED`, `API_KEY_EXPIRED` → invalid.
 /// - Misconfiguration (bad server key, unknown project, API keys disabled, …) → error, logged
 ///   once per cause with what to fix.
@@ -66,7 +73,10 @@ struct Shared {
     max_body: usize,
     breaker: Breaker,
     listeners: Arc<RevocationListeners>,
+    /// Misconfiguration causes already logged, at most [`MAX_LOGGED_CAUSES`].
     logged: Mutex<HashSet<String>>,
+    /// Whether the "further causes suppressed" line was logged.
+    logged_overflow: AtomicBool,
 }
 
 /// Builds a [`StackAuthVerifier`].
@@ -155,6 +165,7 @@ impl StackAuthVerifierBuilder {
                 breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
                 listeners: Arc::new(RevocationListeners::default()),
                 logged: Mutex::new(HashSet::new()),
+                logged_overflow: AtomicBool::new(false),
             }),
         })
     }
@@ -219,16 +230,17 @@ enum Attempt {
     Retry(VerifyError, Option<Duration>),
 }
 
-/// Keeps the breaker honest if the caller drops the check half way.
+/// Frees the half-open probe's slot if the call holding it is dropped half way. Calls that hold
+/// no probe leave the breaker alone.
 struct ProbeGuard<'a> {
     breaker: &'a Breaker,
-    finished: bool,
+    probe: Option<ProbeId>,
 }
 
 impl Drop for ProbeGuard<'_> {
     fn drop(&mut self) {
-        if !self.finished {
-            self.breaker.abandon_probe();
+        if let Some(probe) = self.probe.take() {
+            self.breaker.abandon_probe(probe);
         }
     }
 }
@@ -236,19 +248,23 @@ impl Drop for ProbeGuard<'_> {
 impl KeyVerifier for StackAuthVerifier {
     async fn verify(&self, key: &ApiKey) -> Result<Verdict, VerifyError> {
         let shared = &self.shared;
-        if let Admission::Rejected(wait) = shared.breaker.admit() {
-            return Err(VerifyError::new(
-                VerifyErrorKind::CircuitOpen,
-                "Stack Auth kept failing; not calling it until the breaker's cooldown ends",
-            )
-            .with_retry_after(wait));
-        }
+        let probe = match shared.breaker.admit() {
+            Admission::Allowed => None,
+            Admission::Probe(probe) => Some(probe),
+            Admission::Rejected(wait) => {
+                return Err(VerifyError::new(
+                    VerifyErrorKind::CircuitOpen,
+                    "Stack Auth kept failing; not calling it until the breaker's cooldown ends",
+                )
+                .with_retry_after(wait))
+            }
+        };
         let mut guard = ProbeGuard {
             breaker: &shared.breaker,
-            finished: false,
+            probe,
         };
         let result = shared.check(key).await;
-        guard.finished = true;
+        guard.probe = None;
         match &result {
             Ok(_) => shared.breaker.record_success(),
             Err(error) => {
@@ -467,17 +483,29 @@ impl Shared {
         }
     }
 
-    /// An operator must act: log it loudly the first time, quietly after.
+    /// An operator must act: log it loudly the first time, quietly after. At most
+    /// [`MAX_LOGGED_CAUSES`] causes are remembered (the upstream names them); past that, one
+    /// line says further causes are suppressed and new ones are logged quietly.
     fn misconfigured(&self, cause: &str, advice: &str) -> VerifyError {
-        let first = self
-            .logged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(cause.to_owned());
-        if first {
-            tracing::error!(cause, "{advice}");
-        } else {
-            tracing::debug!(cause, "Stack Auth still misconfigured");
+        let cause = truncate(cause, MAX_CAUSE_LEN);
+        let first = {
+            let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
+            if logged.contains(cause) {
+                Some(false)
+            } else if logged.len() < MAX_LOGGED_CAUSES {
+                Some(logged.insert(cause.to_owned()))
+            } else {
+                None
+            }
+        };
+        match first {
+            Some(true) => tracing::error!(cause, "{advice}"),
+            Some(false) => tracing::debug!(cause, "Stack Auth still misconfigured"),
+            None if !self.logged_overflow.swap(true, Ordering::Relaxed) => tracing::error!(
+                cause,
+                "{advice} (further new Stack Auth misconfiguration causes are logged at debug level only)"
+            ),
+            None => tracing::debug!(cause, "{advice}"),
         }
         VerifyError::new(VerifyErrorKind::Misconfigured, advice)
     }
@@ -500,18 +528,49 @@ fn transport(error: &reqwest::Error) -> VerifyError {
     VerifyError::new(kind, format!("Stack Auth request failed: {error}"))
 }
 
+/// `s`, cut to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Fields that only Stack Auth's key object has; the `{"is_valid": …}` shape has none of them.
+const KEY_OBJECT_FIELDS: [&str; 4] = ["type", "created_at_millis", "value", "description"];
+
 /// A 200 body: Stack Auth's key object, or the `{"is_valid": …}` shape of its public docs.
+///
+/// A body with any key-object field is read as a key object, whole and strictly, even if it
+/// also has `is_valid` (which there can only refuse, never accept); the short shape is only for
+/// bodies without them. Either way a revocation or a past expiry refuses the key.
 fn interpret_ok(body: &[u8], key: &ApiKey) -> Result<Verdict, String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("Stack Auth's 200 is not JSON: {e}"))?;
+    let fields = value
+        .as_object()
+        .ok_or("Stack Auth's 200 is not a JSON object")?;
+    let is_valid = match fields.get("is_valid") {
+        None => None,
+        Some(v) => Some(v.as_bool().ok_or("`is_valid` is not a boolean")?),
+    };
     let now = SystemTime::now();
-    if let Some(is_valid) = value.get("is_valid") {
-        return match is_valid.as_bool() {
-            Some(false) => Ok(Verdict::Invalid(InvalidReason::NotFound)),
-            Some(true) => short_form(&value, key),
-            None => Err("`is_valid` is not a boolean".into()),
-        };
+    match is_valid {
+        Some(is_valid) if !KEY_OBJECT_FIELDS.iter().any(|f| fields.contains_key(*f)) => {
+            short_form(fields, is_valid, key, now)
+        }
+        _ => key_object(value, is_valid, key, now),
     }
+}
+
+/// Stack Auth's key object (its Read body), possibly with an `is_valid` beside it.
+fn key_object(
+    value: serde_json::Value,
+    is_valid: Option<bool>,
+    key: &ApiKey,
+    now: SystemTime,
+) -> Result<Verdict, String> {
     let object: ApiKeyObject = serde_json::from_value(value)
         .map_err(|e| format!("Stack Auth's 200 is not an API key object: {e}"))?;
     if object.kind != key.kind() {
@@ -526,36 +585,246 @@ fn interpret_ok(body: &[u8], key: &ApiKey) -> Result<Verdict, String> {
     if info.is_expired_at(now) {
         return Ok(Verdict::Invalid(InvalidReason::Expired));
     }
+    if is_valid == Some(false) {
+        return Ok(Verdict::Invalid(InvalidReason::NotFound));
+    }
     Ok(Verdict::valid(info))
 }
 
-/// `{"is_valid": true, "id": …, "user_id": …}` (or `team_id`).
-fn short_form(value: &serde_json::Value, key: &ApiKey) -> Result<Verdict, String> {
-    let field = |name: &str| value.get(name).and_then(|v| v.as_str());
-    let owner = match (key.kind(), field("user_id"), field("team_id")) {
-        (KeyKind::User, Some(id), _) => Owner::user(id),
-        (KeyKind::Team, _, Some(id)) => Owner::team(id),
+/// `{"is_valid": …, "id": …, "user_id": …}` (or `team_id`), with optional `is_public`,
+/// `expires_at_millis` and `manually_revoked_at_millis`.
+fn short_form(
+    fields: &serde_json::Map<String, serde_json::Value>,
+    is_valid: bool,
+    key: &ApiKey,
+    now: SystemTime,
+) -> Result<Verdict, String> {
+    if millis(fields, "manually_revoked_at_millis")?.is_some() {
+        return Ok(Verdict::Invalid(InvalidReason::Revoked));
+    }
+    let expires_at = millis(fields, "expires_at_millis")?
+        .filter(|&ms| ms != 0)
+        .map(from_millis);
+    if expires_at.is_some_and(|at| at <= now) {
+        return Ok(Verdict::Invalid(InvalidReason::Expired));
+    }
+    if !is_valid {
+        return Ok(Verdict::Invalid(InvalidReason::NotFound));
+    }
+    let owner = match (
+        key.kind(),
+        string(fields, "user_id")?,
+        string(fields, "team_id")?,
+    ) {
+        (_, Some(_), Some(_)) => return Err("`is_valid: true` names both a user and a team".into()),
+        (KeyKind::User, Some(id), None) => Owner::user(id),
+        (KeyKind::Team, None, Some(id)) => Owner::team(id),
         (KeyKind::User, None, Some(_)) | (KeyKind::Team, Some(_), None) => {
             return Ok(Verdict::Invalid(InvalidReason::WrongType))
         }
-        _ => return Err(format!("`is_valid: true` without a {} id", key.kind())),
+        (_, None, None) => return Err(format!("`is_valid: true` without a {} id", key.kind())),
     };
-    let key_id = match field("id") {
+    let key_id = match string(fields, "id")? {
         Some(id) => id.parse().map_err(|_| "`id` is not a UUID".to_owned())?,
         None => key.key_id(),
     };
-    let is_public = value
-        .get("is_public")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(key.is_public());
-    let expires_at = value
-        .get("expires_at_millis")
-        .and_then(|v| v.as_i64())
-        .filter(|&ms| ms != 0)
-        .map(from_millis);
-    let info = KeyInfo::new(key_id, owner, is_public).with_expires_at(expires_at);
-    if info.is_expired_at(SystemTime::now()) {
-        return Ok(Verdict::Invalid(InvalidReason::Expired));
+    let is_public = match fields.get("is_public") {
+        None | Some(serde_json::Value::Null) => key.is_public(),
+        Some(v) => v.as_bool().ok_or("`is_public` is not a boolean")?,
+    };
+    Ok(Verdict::valid(
+        KeyInfo::new(key_id, owner, is_public).with_expires_at(expires_at),
+    ))
+}
+
+/// An optional timestamp in ms: absent or `null` is `None`, anything but an integer an error.
+fn millis(
+    fields: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<Option<i64>, String> {
+    match fields.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| format!("`{name}` is not a timestamp in milliseconds")),
     }
-    Ok(Verdict::valid(info))
+}
+
+/// An optional string: absent or `null` is `None`, anything but a string an error.
+fn string<'a>(
+    fields: &'a serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<Option<&'a str>, String> {
+    match fields.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| format!("`{name}` is not a string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use serde_json::json;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::key::Deployment;
+
+    fn verifier() -> StackAuthVerifier {
+        StackAuthVerifier::builder(
+            StackAuthConfig::new("6a1f0c52-2b0e-4d8f-9c1a-3e5b7d9f1a2c", "ssk_unit")
+                .base_url("http://127.0.0.1:9"),
+        )
+        .build()
+        .expect("verifier")
+    }
+
+    fn user_key() -> ApiKey {
+        ApiKey::generate(Uuid::new_v4(), KeyKind::User, false, Deployment::SelfHosted).expect("rng")
+    }
+
+    /// Log lines, captured in memory.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Capture {
+        fn errors(&self) -> usize {
+            let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| l.trim_start().starts_with("ERROR"))
+                .count()
+        }
+    }
+
+    #[test]
+    fn logged_causes_stay_bounded() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let _default = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish()
+            .set_default();
+        let verifier = verifier();
+        let shared = &verifier.shared;
+        // An upstream inventing a new error code on every answer, twice over.
+        for _ in 0..2 {
+            for i in 0..1_000 {
+                let error = shared.misconfigured(&format!("MADE_UP_{i}"), "fix it");
+                assert_eq!(error.kind(), VerifyErrorKind::Misconfigured);
+            }
+        }
+        let held = shared
+            .logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        assert_eq!(held, MAX_LOGGED_CAUSES);
+        // One loud line per remembered cause, and one saying that the rest are quiet.
+        assert_eq!(capture.errors(), MAX_LOGGED_CAUSES + 1);
+    }
+
+    #[test]
+    fn a_long_cause_is_remembered_truncated() {
+        let verifier = verifier();
+        let shared = &verifier.shared;
+        let long = "é".repeat(10_000);
+        shared.misconfigured(&long, "fix it");
+        shared.misconfigured(&long, "fix it");
+        let logged = shared.logged.lock().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(logged.len(), 1);
+        assert!(logged.iter().all(|c| c.len() <= MAX_CAUSE_LEN));
+    }
+
+    fn key_object(key: &ApiKey, extra: serde_json::Value) -> Vec<u8> {
+        let mut object = json!({
+            "id": key.key_id().to_string(),
+            "description": "unit",
+            "created_at_millis": 1_745_000_000_000_i64,
+            "is_public": false,
+            "value": { "last_four": key.last_four() },
+            "type": "user",
+            "user_id": "u1",
+        });
+        if let (Some(object), Some(extra)) = (object.as_object_mut(), extra.as_object()) {
+            object.extend(extra.clone());
+        }
+        object.to_string().into_bytes()
+    }
+
+    #[test]
+    fn is_valid_never_overrides_a_key_objects_revocation_or_expiry() {
+        let key = user_key();
+        let verdict = |extra| interpret_ok(&key_object(&key, extra), &key);
+        assert!(verdict(json!({ "is_valid": true }))
+            .expect("verdict")
+            .is_valid());
+        assert_eq!(
+            verdict(json!({ "is_valid": true, "manually_revoked_at_millis": 1 })),
+            Ok(Verdict::Invalid(InvalidReason::Revoked))
+        );
+        assert_eq!(
+            verdict(json!({ "is_valid": true, "expires_at_millis": 1 })),
+            Ok(Verdict::Invalid(InvalidReason::Expired))
+        );
+        assert_eq!(
+            verdict(json!({ "is_valid": false })),
+            Ok(Verdict::Invalid(InvalidReason::NotFound))
+        );
+        assert!(verdict(json!({ "is_valid": null })).is_err());
+    }
+
+    #[test]
+    fn the_short_form_honours_revocation_and_expiry_and_refuses_nonsense() {
+        let key = user_key();
+        let verdict = |body: serde_json::Value| interpret_ok(body.to_string().as_bytes(), &key);
+        assert!(verdict(json!({ "is_valid": true, "user_id": "u1" }))
+            .expect("verdict")
+            .is_valid());
+        assert_eq!(
+            verdict(json!({ "is_valid": true, "user_id": "u1", "manually_revoked_at_millis": 5 })),
+            Ok(Verdict::Invalid(InvalidReason::Revoked))
+        );
+        assert_eq!(
+            verdict(json!({ "is_valid": true, "user_id": "u1", "expires_at_millis": 5 })),
+            Ok(Verdict::Invalid(InvalidReason::Expired))
+        );
+        assert_eq!(
+            verdict(json!({ "is_valid": true, "team_id": "t1" })),
+            Ok(Verdict::Invalid(InvalidReason::WrongType))
+        );
+        for nonsense in [
+            json!({ "is_valid": true, "user_id": "u1", "team_id": "t1" }),
+            json!({ "is_valid": true, "user_id": 7 }),
+            json!({ "is_valid": true, "user_id": "u1", "expires_at_millis": "soon" }),
+            json!({ "is_valid": true, "user_id": "u1", "manually_revoked_at_millis": true }),
+            json!({ "is_valid": true, "user_id": "u1", "is_public": "no" }),
+            json!({ "is_valid": true, "user_id": "u1", "type": "user" }),
+            json!([{ "is_valid": true, "user_id": "u1" }]),
+        ] {
+            assert!(verdict(nonsense.clone()).is_err(), "{nonsense}");
+        }
+    }
 }
