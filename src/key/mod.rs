@@ -158,7 +158,7 @@ impl KeyDigest {
     ///
     /// A key of the Stack Auth length is hashed by calling SHA-256's compression function on its
     /// two padded blocks directly: the same digest as [`Sha256::digest`], without the streaming
-    /// buffer (about 20 ns less per request, measured).
+    /// buffer (about 10 ns less per request, measured).
     pub(crate) fn of_bytes(key: &[u8]) -> Self {
         let Ok(key) = <&[u8; KEY_LEN]>::try_from(key) else {
             return Self(Sha256::digest(key).into());
