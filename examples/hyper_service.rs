@@ -4,8 +4,7 @@
 //! cargo run --example hyper_service       # PORT=3001 by default
 //! ```
 //!
-//! The inner service reads the [`Principal`] that `RequireApiKey` put in the request extensions
-//! (the `AuthenticatedUser` or `AuthenticatedTeam` there, read with `Principal::from_extensions`).
+//! The inner service reads the [`Principal`] that `RequireApiKey` put in the request extensions.
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -23,7 +22,7 @@ use tower::{Layer, ServiceBuilder};
 
 /// The application: it never sees a request without a valid key.
 async fn hello(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = match Principal::from_extensions(request.extensions()) {
+    let body = match request.extensions().get::<Principal>() {
         Some(principal) => format!(
             "hello {} {} (key {})\n",
             principal.kind(),

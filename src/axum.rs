@@ -79,7 +79,7 @@ impl IntoResponse for ExtractRejection {
 /// The refusal when `wanted` is not in the extensions: 403 if another kind of principal is, 401
 /// otherwise.
 fn absent(parts: &Parts, wanted: Option<KeyKind>) -> ExtractRejection {
-    let rejection = match (Principal::from_extensions(&parts.extensions), wanted) {
+    let rejection = match (parts.extensions.get::<Principal>(), wanted) {
         (Some(p), Some(wanted)) if p.kind() != wanted => Rejection::WrongKind { required: wanted },
         _ => Rejection::Missing,
     };
@@ -144,7 +144,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = ExtractRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Principal::from_extensions(&parts.extensions).ok_or_else(|| absent(parts, None))
+        parts
+            .extensions
+            .get::<Self>()
+            .cloned()
+            .ok_or_else(|| absent(parts, None))
     }
 }
 
@@ -155,6 +159,6 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(Principal::from_extensions(&parts.extensions))
+        Ok(parts.extensions.get::<Self>().cloned())
     }
 }

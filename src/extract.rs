@@ -46,8 +46,8 @@ impl Default for KeyExtractor {
 /// A key found in a request, borrowed from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Found<'a> {
-    /// The key as sent, not yet checked against the key format. A header value or query
-    /// parameter is visible ASCII; a bearer token's syntax is checked by
+    /// The key as sent, not yet checked against the key format. A header value is visible
+    /// ASCII and a query parameter UTF-8; a bearer token's syntax is checked by
     /// [`check_syntax`](Self::check_syntax).
     pub(crate) key: &'a [u8],
     /// Whether the key is a bearer token, whose `b64token` syntax is left to `check_syntax`.
@@ -117,15 +117,34 @@ impl KeyExtractor {
         &self,
         request: &'a Request<B>,
     ) -> Result<Option<Found<'a>>, Rejection> {
-        let mut found: Option<Found<'a>> = None;
+        let mut found = None;
+        match self.scan(request, &mut found) {
+            Ok(()) => Ok(found),
+            // A bearer token read before the error is checked first, as if when it was read: a
+            // malformed credential is a 400 whatever comes after it.
+            Err(rejection) => {
+                if let Some(found) = &found {
+                    found.check_syntax()?;
+                }
+                Err(rejection)
+            }
+        }
+    }
+
+    fn scan<'a, B>(
+        &self,
+        request: &'a Request<B>,
+        found: &mut Option<Found<'a>>,
+    ) -> Result<(), Rejection> {
         let mut offer = |key: &'a [u8], bearer: bool| -> Result<(), Rejection> {
             if key.len() > self.max_len {
                 return Err(Rejection::Malformed(FormatError::TooLong {
                     max: self.max_len,
                 }));
             }
-            match &mut found {
+            match found {
                 Some(previous) if previous.key != key => {
+                    Found { key, bearer }.check_syntax()?;
                     Err(Rejection::BadRequest(BadRequest::MultipleKeys))
                 }
                 // The same key in several places: its syntax is checked if any is a bearer token.
@@ -134,7 +153,7 @@ impl KeyExtractor {
                     Ok(())
                 }
                 None => {
-                    found = Some(Found { key, bearer });
+                    *found = Some(Found { key, bearer });
                     Ok(())
                 }
             }
@@ -167,7 +186,7 @@ impl KeyExtractor {
                 offer(value.as_bytes(), false)?;
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     /// Removes every credential this extractor reads from `request`, so the inner service never

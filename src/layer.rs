@@ -1,11 +1,13 @@
 //! [`RequireApiKey`]: the tower layer that guards a service with API keys.
 //!
 //! For each request the service: finds the key ([`KeyExtractor`]); rejects a malformed key with
-//! no I/O; asks the verifier, which answers at once on a cache hit (no boxed future) or
-//! asynchronously otherwise; applies the route's policy; and inserts the
-//! [`AuthenticatedUser`](crate::AuthenticatedUser) or [`AuthenticatedTeam`](crate::AuthenticatedTeam)
-//! into the request extensions ([`Principal::from_extensions`] reads either) before calling the inner service. Refusals are answered by the
-//! [`RejectionResponder`] without calling the inner service.
+//! no I/O; asks the verifier's cache by the key's digest ([`KeyVerifier::cached_verdict`]), and
+//! on a miss checks the rest of the format and asks the verifier, which answers at once (no boxed
+//! future) or asynchronously; applies the route's policy; and inserts [`Principal`] plus
+//! [`AuthenticatedUser`](crate::AuthenticatedUser) or
+//! [`AuthenticatedTeam`](crate::AuthenticatedTeam) into the request extensions before calling
+//! the inner service. Refusals are answered by the [`RejectionResponder`] without calling the
+//! inner service.
 //!
 //! It works on any `Service<http::Request<B>, Response = http::Response<ResB>>`: axum, hyper,
 //! tonic-style services.

@@ -1,9 +1,7 @@
 //! Who a request is from: [`AuthenticatedUser`], [`AuthenticatedTeam`] and [`Principal`].
 //!
-//! [`RequireApiKey`](crate::RequireApiKey) inserts one value into the request extensions: the
-//! [`AuthenticatedUser`] or the [`AuthenticatedTeam`] (one insert, not two, on the hot path).
-//! Outside axum, [`Principal::from_extensions`] reads whichever is there. With the `axum`
-//! feature, each of the three is an extractor
+//! [`RequireApiKey`](crate::RequireApiKey) inserts the principal and the matching user or team
+//! value into the request extensions. With the `axum` feature, each of the three is an extractor
 //! (and `Option<…>` of each is one too).
 //!
 //! ```
@@ -121,35 +119,16 @@ impl Principal {
         }
     }
 
-    /// The principal [`RequireApiKey`](crate::RequireApiKey) put into these extensions (its
-    /// user or team value), if any.
-    ///
-    /// ```
-    /// use keygate::Principal;
-    ///
-    /// fn who(request: &http::Request<()>) -> Option<String> {
-    ///     Principal::from_extensions(request.extensions()).map(|p| p.owner_id().to_owned())
-    /// }
-    /// assert_eq!(who(&http::Request::new(())), None);
-    /// ```
-    pub fn from_extensions(extensions: &http::Extensions) -> Option<Principal> {
-        if let Some(user) = extensions.get::<AuthenticatedUser>() {
-            return Some(Principal::User(user.clone()));
-        }
-        extensions
-            .get::<AuthenticatedTeam>()
-            .map(|team| Principal::Team(team.clone()))
-    }
-
-    /// Puts the user or team value into `extensions`.
+    /// Puts the principal and its user or team value into `extensions`.
     pub(crate) fn insert_into(self, extensions: &mut http::Extensions) {
-        match self {
-            Principal::User(user) => {
-                extensions.insert(user);
+        match &self {
+            Principal::User(u) => {
+                extensions.insert(u.clone());
             }
-            Principal::Team(team) => {
-                extensions.insert(team);
+            Principal::Team(t) => {
+                extensions.insert(t.clone());
             }
         }
+        extensions.insert(self);
     }
 }

@@ -111,20 +111,6 @@ impl KeyInfo {
         self
     }
 
-    /// A copy whose owner id is a fresh allocation, for a per-thread cache: the reference counts
-    /// a request touches (the copy's and the owner id's) then live on memory no other thread
-    /// writes to, so threads serving the same key do not contend for one cache line.
-    pub(crate) fn thread_private_copy(&self) -> Self {
-        let owner = match &self.owner {
-            Owner::User(id) => Owner::User(Arc::from(&**id)),
-            Owner::Team(id) => Owner::Team(Arc::from(&**id)),
-        };
-        Self {
-            owner,
-            ..self.clone()
-        }
-    }
-
     /// Whether the key has expired at `now`.
     pub fn is_expired_at(&self, now: SystemTime) -> bool {
         self.expires_at.is_some_and(|at| at <= now)

@@ -595,6 +595,32 @@ async fn two_different_keys_or_bad_header_syntax_get_400_invalid_request() {
             "/principal".into(),
             vec![x_key(b"sk_\xe2\x82\xac".to_vec())],
         ),
+        // A malformed bearer token is a 400 whatever comes after it, even a refusal of its own.
+        (
+            "bad bearer, then an over-long configured header",
+            "/principal".into(),
+            vec![auth("Bearer a!b"), x_key("a".repeat(600))],
+        ),
+        (
+            "bad bearer, then an over-long bearer",
+            "/principal".into(),
+            vec![auth("Bearer a!b"), bearer(&"a".repeat(600))],
+        ),
+        (
+            "bad bearer, then an over-long query parameter",
+            format!("/principal?api_key={}", "a".repeat(600)),
+            vec![auth("Bearer a!b")],
+        ),
+        (
+            "non-ASCII bearer, then an over-long configured header",
+            "/principal".into(),
+            vec![auth(b"Bearer \xc3\xa9".to_vec()), x_key("a".repeat(600))],
+        ),
+        (
+            "a key-shaped bearer token with a character outside b64token",
+            "/principal".into(),
+            vec![auth(format!("Bearer {}!{}", &user[..10], &user[11..]))],
+        ),
     ];
     for (name, uri, headers) in &rows {
         send(&app, uri, headers)
@@ -1502,7 +1528,7 @@ async fn check_plain_tower_service<V: KeyVerifier>(
         let seen = json!({
             "user_id": extensions.get::<AuthenticatedUser>().map(|u| u.user_id.to_string()),
             "team_id": extensions.get::<AuthenticatedTeam>().map(|t| t.team_id.to_string()),
-            "key_id": Principal::from_extensions(extensions).map(|p| p.key_id().to_string()),
+            "key_id": extensions.get::<Principal>().map(|p| p.key_id().to_string()),
         });
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(seen.to_string()))))
     });

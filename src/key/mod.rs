@@ -47,20 +47,27 @@ impl ApiKey {
     ///
     /// Rejects, with the rule that failed, anything that is not a well-formed key.
     pub fn parse(key: &str) -> Result<Self, FormatError> {
-        Self::parse_with_digest(key, KeyDigest::of(key))
+        let parts = format::parse(key)?;
+        Ok(Self::from_checked(key, parts, KeyDigest::of(key)))
     }
 
     /// [`parse`](Self::parse), with the digest of `key` already computed.
     pub(crate) fn parse_with_digest(key: &str, digest: KeyDigest) -> Result<Self, FormatError> {
+        debug_assert!(digest == KeyDigest::of(key), "the digest of another key");
         let parts = format::parse(key)?;
+        Ok(Self::from_checked(key, parts, digest))
+    }
+
+    /// A key that `format::parse` accepted, as `parts`.
+    fn from_checked(key: &str, parts: KeyParts, digest: KeyDigest) -> Self {
         let mut secret = Zeroizing::new([0u64; SECRET_WORDS]);
         // `parse` checked the length.
         bytemuck::bytes_of_mut(&mut *secret)[..KEY_LEN].copy_from_slice(key.as_bytes());
-        Ok(Self {
+        Self {
             digest,
             secret,
             parts,
-        })
+        }
     }
 
     /// Mints a new key with the given id from the OS CSPRNG, in the exact form Stack Auth uses.
@@ -170,7 +177,8 @@ impl KeyDigest {
         ];
         // FIPS 180-4 §5.1.1: the message, a 1 bit, zeros, and the length in bits (64-bit
         // big-endian) fill two 64-byte blocks exactly when the message is 102 bytes long. Held
-        // in words, so that wiping the copy of the key is 16 writes, not 128.
+        // in words, so that wiping this copy of the key on drop is 16 writes, not 128 (sha2's
+        // own working state is not wiped, as it is not by `Sha256::digest` either).
         let mut words = Zeroizing::new([0u64; 16]);
         let padded = bytemuck::bytes_of_mut(&mut *words);
         padded[..KEY_LEN].copy_from_slice(key);
