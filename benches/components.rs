@@ -19,7 +19,10 @@ fn components(c: &mut Criterion) {
         rt, store, created, ..
     } = Fixture::new();
     let text = created.key.expose_secret().to_owned();
-    let cache = CachedVerifier::new(store.clone());
+    // A TTL longer than the whole run: every sample is a hit.
+    let cache = CachedVerifier::builder(store.clone())
+        .ttl(std::time::Duration::from_secs(3600))
+        .build();
     assert!(rt.block_on(cache.verify(&created.key)).is_ok());
     let parsed = ApiKey::parse(&text).expect("key");
 

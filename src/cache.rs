@@ -12,8 +12,9 @@
 //!   can still be accepted.
 //! - The cache is keyed by the key's SHA-256 digest; it never holds a key.
 //! - Hits are served from a small per-thread memo of recent valid verdicts when possible (no
-//!   moka read). Any invalidation empties it in effect; an entry never outlives the verdict's
-//!   TTL or the key's expiry.
+//!   moka read). Any invalidation empties it in effect; an entry never outlives the key's expiry,
+//!   and outlives the verdict's TTL by at most one tick of the coarse clock (1–16 ms). The memo
+//!   is what [`cached_verdict`](KeyVerifier::cached_verdict) answers from.
 //!
 //! ```
 //! use std::time::Duration;
@@ -40,7 +41,7 @@ use uuid::Uuid;
 
 use crate::key::{ApiKey, KeyDigest};
 use crate::verify::{
-    InvalidReason, KeyInfo, KeyVerifier, RevocationListener, Verdict, VerifyError,
+    InvalidReason, KeyInfo, KeyVerifier, Owner, RevocationListener, Verdict, VerifyError,
 };
 
 /// Default lifetime of a cached valid verdict.
@@ -459,19 +460,47 @@ struct MemoEntry {
     cache_id: u64,
     digest: KeyDigest,
     epoch: u64,
+    /// A thread-private copy (see [`thread_private_copy`]).
     info: Arc<KeyInfo>,
     /// When the verdict's TTL ends.
     until: Deadline,
+    /// When this thread last used the entry (its memo's clock), to evict the older of two.
+    used: u64,
+}
+
+/// The per-thread memo: two-way set associative, so two hot keys whose digests pick the same
+/// set both stay, and a third evicts the one used least recently.
+struct Memo {
+    slots: [Option<MemoEntry>; MEMO_SLOTS],
+    clock: u64,
 }
 
 thread_local! {
-    /// Direct-mapped by a digest byte; a colliding key simply takes the slot over.
-    static MEMO: RefCell<[Option<MemoEntry>; MEMO_SLOTS]> =
-        const { RefCell::new([const { None }; MEMO_SLOTS]) };
+    static MEMO: RefCell<Memo> = const {
+        RefCell::new(Memo {
+            slots: [const { None }; MEMO_SLOTS],
+            clock: 0,
+        })
+    };
 }
 
-fn memo_slot(digest: &KeyDigest) -> usize {
-    usize::from(digest.as_bytes()[31]) % MEMO_SLOTS
+/// The first of the two slots of `digest`'s set.
+fn memo_set(digest: &KeyDigest) -> usize {
+    (usize::from(digest.as_bytes()[31]) % MEMO_SLOTS) & !1
+}
+
+/// A copy of `info` whose reference counts (its own and its owner id's, which every request
+/// clones into its principal) live on memory only this thread writes to: threads serving one
+/// key do not take turns owning one cache line, as they would with the shared `Arc`.
+fn thread_private_copy(info: &KeyInfo) -> KeyInfo {
+    let owner = match &info.owner {
+        Owner::User(id) => Owner::User(Arc::from(&**id)),
+        Owner::Team(id) => Owner::Team(Arc::from(&**id)),
+    };
+    KeyInfo {
+        owner,
+        ..info.clone()
+    }
 }
 
 /// A memo entry's end, on a coarse monotonic clock where the platform has one.
@@ -569,19 +598,18 @@ impl Deadline {
 /// key's own expiry (checked exactly).
 fn memo_get(cache_id: u64, digest: &KeyDigest, epoch: u64) -> Option<Arc<KeyInfo>> {
     MEMO.try_with(|memo| {
-        let memo = memo.borrow();
-        match &memo[memo_slot(digest)] {
-            Some(e)
-                if e.cache_id == cache_id
-                    && e.epoch == epoch
-                    && e.digest == *digest
-                    && !e.until.passed()
-                    && !e.info.is_expired() =>
-            {
-                Some(Arc::clone(&e.info))
-            }
-            _ => None,
+        let memo = &mut *memo.borrow_mut();
+        let set = memo_set(digest);
+        let entry = memo.slots[set..set + 2]
+            .iter_mut()
+            .flatten()
+            .find(|e| e.cache_id == cache_id && e.epoch == epoch && e.digest == *digest)?;
+        if entry.until.passed() || entry.info.is_expired() {
+            return None;
         }
+        memo.clock += 1;
+        entry.used = memo.clock;
+        Some(Arc::clone(&entry.info))
     })
     .ok()
     .flatten()
@@ -591,12 +619,27 @@ fn memo_put(cache_id: u64, digest: &KeyDigest, epoch: u64, entry: &ValidEntry, t
     let left = ttl.saturating_sub(entry.cached_at.elapsed());
     let until = Deadline::after(left);
     let _ = MEMO.try_with(|memo| {
-        memo.borrow_mut()[memo_slot(digest)] = Some(MemoEntry {
+        let memo = &mut *memo.borrow_mut();
+        let set = memo_set(digest);
+        // This key's old slot, else an empty one, else the one used least recently.
+        let pick = |e: &Option<MemoEntry>| match e {
+            Some(e) if e.cache_id == cache_id && e.digest == *digest => 0,
+            None => 1,
+            Some(e) => e.used.saturating_add(2),
+        };
+        let at = if pick(&memo.slots[set + 1]) < pick(&memo.slots[set]) {
+            set + 1
+        } else {
+            set
+        };
+        memo.clock += 1;
+        memo.slots[at] = Some(MemoEntry {
             cache_id,
             digest: *digest,
             epoch,
-            info: Arc::clone(&entry.info),
+            info: Arc::new(thread_private_copy(&entry.info)),
             until,
+            used: memo.clock,
         });
     });
 }
@@ -782,6 +825,37 @@ mod tests {
         assert!(cache.cached_verdict(&KeyDigest::of("not a key")).is_none());
         assert_eq!(cache.stats().hits, before.hits);
         assert_eq!(cache.get_ref().calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn two_hot_keys_in_one_memo_set_both_stay_and_a_third_evicts_the_older() {
+        let cache = CachedVerifier::new(fixed(true));
+        // Three keys whose digests pick the same two-slot set.
+        let first = key();
+        let mut same_set = Vec::new();
+        while same_set.len() < 2 {
+            let k = key();
+            if memo_set(k.digest()) == memo_set(first.digest()) {
+                same_set.push(k);
+            }
+        }
+        let (a, b, c) = (first, same_set.remove(0), same_set.remove(0));
+        block_on(async {
+            for k in [&a, &b, &c] {
+                assert!(cache.verify(k).await.expect("verify").is_valid());
+            }
+        });
+        let memoised = |k: &ApiKey| cache.cached_verdict(k.digest()).is_some();
+        // `verify` filled moka; `verify_now` copies a verdict into this thread's memo.
+        assert!(cache.verify_now(&a).is_some() && cache.verify_now(&b).is_some());
+        for _ in 0..3 {
+            assert!(memoised(&a) && memoised(&b), "both stay");
+        }
+        // `b` was used last: `c` takes `a`'s slot.
+        assert!(memoised(&b));
+        assert!(cache.verify_now(&c).is_some());
+        assert!(!memoised(&a), "least recently used, evicted");
+        assert!(memoised(&b) && memoised(&c));
     }
 
     #[test]
