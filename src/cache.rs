@@ -503,93 +503,72 @@ fn thread_private_copy(info: &KeyInfo) -> KeyInfo {
     }
 }
 
-/// A memo entry's end, on a coarse monotonic clock where the platform has one.
-///
-/// On Linux, Android, macOS, iOS, FreeBSD and Windows it reads the coarse monotonic clock
-/// (`CLOCK_MONOTONIC_COARSE` on Linux: the kernel's last tick, 8 ns against 30 ns for
-/// `Instant::now` here), so a memo entry can outlive its verdict's TTL by one tick (1–16 ms).
-/// Elsewhere, where `coarsetime` would fall back to the wall clock, it is `std::time::Instant`.
+/// A memo entry's end, on a coarse monotonic clock where the platform has one (see
+/// [`coarse_clock`]).
 #[derive(Clone, Copy)]
-struct Deadline(
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "macos",
-        target_os = "ios",
-        target_os = "freebsd",
-        windows
-    ))]
-    coarsetime::Instant,
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "macos",
-        target_os = "ios",
-        target_os = "freebsd",
-        windows
-    )))]
-    Instant,
-);
+struct Deadline(coarse_clock::Instant);
 
 impl Deadline {
     fn after(d: Duration) -> Self {
-        #[cfg(any(
-            target_os = "linux",
-            target_os = "android",
-            target_os = "macos",
-            target_os = "ios",
-            target_os = "freebsd",
-            windows
-        ))]
-        {
-            // Without updating coarsetime's process-wide "recent" value: a shared cache line
-            // written on every hit is what the memo is there to avoid.
-            let now = coarsetime::Instant::now_without_cache_update();
-            Self(now.saturating_add(coarsetime::Duration::from(d)))
-        }
-        #[cfg(not(any(
-            target_os = "linux",
-            target_os = "android",
-            target_os = "macos",
-            target_os = "ios",
-            target_os = "freebsd",
-            windows
-        )))]
-        {
-            // A TTL too long for the clock ends in a century, or at once if even that overflows.
-            let now = Instant::now();
-            let century = Duration::from_secs(100 * 365 * 86_400);
-            Self(
-                now.checked_add(d)
-                    .or_else(|| now.checked_add(century))
-                    .unwrap_or(now),
-            )
-        }
+        Self(coarse_clock::after(coarse_clock::now(), d))
     }
 
     fn passed(&self) -> bool {
-        #[cfg(any(
-            target_os = "linux",
-            target_os = "android",
-            target_os = "macos",
-            target_os = "ios",
-            target_os = "freebsd",
-            windows
-        ))]
-        {
-            coarsetime::Instant::now_without_cache_update() >= self.0
-        }
-        #[cfg(not(any(
-            target_os = "linux",
-            target_os = "android",
-            target_os = "macos",
-            target_os = "ios",
-            target_os = "freebsd",
-            windows
-        )))]
-        {
-            Instant::now() >= self.0
-        }
+        coarse_clock::now() >= self.0
+    }
+}
+
+/// On Linux, Android, macOS, iOS, FreeBSD and Windows: the coarse monotonic clock
+/// (`CLOCK_MONOTONIC_COARSE` on Linux: the kernel's last tick, 8 ns against 30 ns for
+/// `Instant::now` here), so a memo entry can outlive its verdict's TTL by one tick (1–16 ms).
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    windows
+))]
+mod coarse_clock {
+    use std::time::Duration;
+
+    pub(super) type Instant = coarsetime::Instant;
+
+    /// Without updating coarsetime's process-wide "recent" value: a shared cache line written
+    /// on every hit is what the memo is there to avoid.
+    pub(super) fn now() -> Instant {
+        coarsetime::Instant::now_without_cache_update()
+    }
+
+    pub(super) fn after(now: Instant, d: Duration) -> Instant {
+        now.saturating_add(coarsetime::Duration::from(d))
+    }
+}
+
+/// Elsewhere, where `coarsetime` would fall back to the wall clock: `std::time::Instant`.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    windows
+)))]
+mod coarse_clock {
+    use std::time::Duration;
+
+    pub(super) type Instant = std::time::Instant;
+
+    pub(super) fn now() -> Instant {
+        Instant::now()
+    }
+
+    /// A TTL too long for the clock ends in a century, or at once if even that overflows.
+    pub(super) fn after(now: Instant, d: Duration) -> Instant {
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        now.checked_add(d)
+            .or_else(|| now.checked_add(century))
+            .unwrap_or(now)
     }
 }
 
