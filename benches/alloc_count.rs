@@ -11,10 +11,6 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::routing::get;
-use axum::Router;
-use http::StatusCode;
-use keygate::{CachedVerifier, RequireApiKey};
 use tower::ServiceExt;
 
 struct Counting;
@@ -41,61 +37,28 @@ unsafe impl GlobalAlloc for Counting {
 }
 
 mod common;
-use common::{handler, request, Fixture};
+use common::request;
+use common::variants::{variants, Variants};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
 fn main() {
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let Fixture {
-        rt,
-        store,
-        bearer,
-        malformed,
-        ..
-    } = Fixture::new();
-
-    let bare = Router::new().route("/", get(handler));
-    let cached = Router::new()
-        .route("/", get(handler))
-        .layer(RequireApiKey::new(CachedVerifier::new(store.clone())));
-    let uncached = Router::new()
-        .route("/", get(handler))
-        .layer(RequireApiKey::new(store.clone()));
-    // Finalised once, as `axum::serve` does, so no variant pays for per-request route setup.
-    let bare = bare.with_state(());
-    let cached = cached.with_state(());
-    let uncached = uncached.with_state(());
-    let variants = [
-        ("bare_router", &bare, &bearer, StatusCode::OK),
-        ("keygate_cache_hit", &cached, &bearer, StatusCode::OK),
-        (
-            "keygate_memory_store_no_cache",
-            &uncached,
-            &bearer,
-            StatusCode::OK,
-        ),
-        (
-            "keygate_malformed_rejected",
-            &cached,
-            &malformed,
-            StatusCode::UNAUTHORIZED,
-        ),
-    ];
+    let Variants { rt, list } = variants();
     const N: u64 = 20_000;
     println!("{:<32} {:>12} {:>12}", "variant", "allocs/req", "bytes/req");
-    for (name, router, header, expected) in variants {
-        if only.as_deref().is_some_and(|o| o != name) {
+    for (name, router, header, expected) in &list {
+        if only.as_deref().is_some_and(|o| o != *name) {
             continue;
         }
-        // Warm up (fills the cache), then count.
+        // Warm up (fills the caches), then count.
         for _ in 0..100 {
             let status = rt
-                .block_on(Router::clone(router).oneshot(request(header)))
+                .block_on(router.clone().oneshot(request(header)))
                 .map(|r| r.status())
                 .expect("infallible");
-            assert_eq!(status, expected, "{name}");
+            assert_eq!(status, *expected, "{name}");
         }
         let (a0, b0) = (
             ALLOCATIONS.load(Ordering::Relaxed),
@@ -103,7 +66,7 @@ fn main() {
         );
         rt.block_on(async {
             for _ in 0..N {
-                let response = Router::clone(router).oneshot(request(header)).await;
+                let response = router.clone().oneshot(request(header)).await;
                 std::hint::black_box(response.map(|r| r.status()).ok());
             }
         });

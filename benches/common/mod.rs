@@ -62,3 +62,4 @@ pub fn request(authorization: &HeaderValue) -> Request<Body> {
 pub async fn handler() -> &'static str {
     "ok"
 }
+pub mod variants;
