@@ -31,6 +31,8 @@ fi
 cargo build --release --quiet --example bench_server
 server=target/release/examples/bench_server
 out=$(mktemp -d)
+# The server logs hold the load-test key: removed with the rest on exit.
+trap 'rm -rf "$out"' EXIT
 if [ "$PIN" = 1 ]; then
   server_cmd=(env TOKIO_WORKER_THREADS=1 taskset -c 1 "$server")
   wrk_cmd=(taskset -c 0 wrk)
