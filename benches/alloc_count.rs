@@ -5,8 +5,9 @@
 //! cargo bench --bench alloc_count -- keygate_cache_hit   # one variant (for callgrind, say)
 //! ```
 //!
-//! Counts are exact and repeatable, unlike times on a shared machine. Each variant sends the same
-//! request through an axum `Router` with `oneshot`, as `hot_path` does.
+//! Counts are exact and repeatable, unlike times on a shared machine. The variants are
+//! `hot_path`'s seven (the same routers, from `common::variants`), each sent the same request
+//! through an axum `Router` with `oneshot`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
