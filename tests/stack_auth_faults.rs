@@ -328,6 +328,15 @@ impl Fixture {
             "user_id": self.user_id,
         })
     }
+
+    /// The short `{"is_valid": true, …}` answer (a form only Stack Auth's Swift SDK mentions).
+    fn short_form(&self) -> Value {
+        json!({
+            "is_valid": true,
+            "id": self.key.key_id().to_string(),
+            "user_id": self.user_id,
+        })
+    }
 }
 
 /// The verifier with the suite's small knobs, pointed at `base_url`. The breaker's threshold is
@@ -752,11 +761,7 @@ async fn unusable_answers_are_503_and_not_retried() {
 #[tokio::test]
 async fn verdicts_are_answered_and_cached() {
     let f = Fixture::new();
-    let short_valid = json!({
-        "is_valid": true,
-        "id": f.key.key_id().to_string(),
-        "user_id": f.user_id,
-    });
+    let short_valid = f.short_form();
     run_all(
         &f,
         &[
@@ -892,15 +897,7 @@ async fn a_key_object_with_is_valid_is_still_read_as_a_key_object() {
             ),
             Case::new(
                 "200 partial key object (type, no created_at_millis) + is_valid: true",
-                json_reply(
-                    200,
-                    &json!({
-                        "is_valid": true,
-                        "id": f.key.key_id().to_string(),
-                        "type": "user",
-                        "user_id": f.user_id,
-                    }),
-                ),
+                json_reply(200, &with(&f.short_form(), &json!({ "type": "user" }))),
                 Outcome::Unavailable,
                 Calls::Exactly(1),
             ),
@@ -912,11 +909,7 @@ async fn a_key_object_with_is_valid_is_still_read_as_a_key_object() {
 #[tokio::test]
 async fn the_short_form_honours_revocation_and_expiry() {
     let f = Fixture::new();
-    let short = json!({
-        "is_valid": true,
-        "id": f.key.key_id().to_string(),
-        "user_id": f.user_id,
-    });
+    let short = f.short_form();
     run_all(
         &f,
         &[
