@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "axum")]
 pub mod axum;
@@ -15,9 +15,10 @@ pub mod reject;
 pub mod server;
 #[cfg(feature = "stack-auth")]
 pub mod stack_auth;
+#[cfg(any(feature = "stack-auth", feature = "server"))]
+pub mod stack_protocol;
 pub mod store;
 pub mod verify;
-pub mod wire;
 
 pub use cache::{CacheStats, CachedVerifier};
 pub use extract::KeyExtractor;

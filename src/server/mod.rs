@@ -44,9 +44,9 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::key::{ApiKey, KeyKind};
+use crate::stack_protocol::{from_millis, ApiKeyList, ApiKeyObject, KeyValue, KnownError};
 use crate::store::{KeyRecord, KeyStore, NewKey, StoreError};
 use crate::verify::{InvalidReason, Owner};
-use crate::wire::{from_millis, ApiKeyList, ApiKeyObject, KeyValue, KnownError};
 
 /// Who may call the server and which key kinds it serves.
 #[derive(Clone)]

@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use super::{default_client, ConfigError, StackAuthConfig};
 use crate::key::{ApiKey, KeyKind};
+use crate::stack_protocol::{to_millis, ApiKeyList, ApiKeyObject, KeyValue, KnownError};
 use crate::store::{CreatedKey, KeyRecord, NewKey};
 use crate::verify::{Owner, RevocationListener, RevocationListeners};
-use crate::wire::{to_millis, ApiKeyList, ApiKeyObject, KeyValue, KnownError};
 
 /// Default time an admin call may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -14,11 +14,11 @@ use tokio::time::Instant;
 use super::breaker::{Admission, Breaker, ProbeId};
 use super::{default_client, ConfigError, StackAuthClient, StackAuthConfig};
 use crate::key::{ApiKey, KeyKind};
+use crate::stack_protocol::{from_millis, ApiKeyObject, CheckRequest, KnownError};
 use crate::verify::{
     InvalidReason, KeyInfo, KeyVerifier, Owner, RevocationListener, RevocationListeners, Verdict,
     VerifyError, VerifyErrorKind,
 };
-use crate::wire::{from_millis, ApiKeyObject, CheckRequest, KnownError};
 
 /// Default time one attempt may take.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -1,20 +1,7 @@
-//! Stack Auth's wire format for API keys: the JSON bodies of its `user-api-keys` and
-//! `team-api-keys` endpoints, shared by the remote verifier, the admin client and the key server.
+//! The JSON bodies of the `user-api-keys` and `team-api-keys` endpoints.
 //!
 //! Timestamps are milliseconds since the epoch. Optional timestamps are left out when unset (as
-//! Stack Auth does) and accepted as absent or `null`. Unknown fields are ignored.
-//!
-//! ```
-//! use keygate::wire::ApiKeyObject;
-//!
-//! let body = r#"{"id":"3241a285-8329-4d69-8f3d-316e08cf140c","description":"CI token",
-//!   "created_at_millis":1745000000000,"expires_at_millis":null,"is_public":false,
-//!   "value":{"last_four":"6e6f"},"type":"user","user_id":"0b1d5a52-7c5e-4f8e-9a43-1d2e3f4a5b6c",
-//!   "something_new":1}"#;
-//! let key: ApiKeyObject = serde_json::from_str(body)?;
-//! assert_eq!(key.owner().map(|o| o.id().to_owned()).as_deref(), Some("0b1d5a52-7c5e-4f8e-9a43-1d2e3f4a5b6c"));
-//! # Ok::<_, serde_json::Error>(())
-//! ```
+//! Stack Auth does) and accepted as absent or `null`. Unknown fields are ignored when reading.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -187,7 +174,7 @@ impl std::fmt::Debug for CheckRequest {
     }
 }
 
-/// The body of a create request.
+/// The body of a create request (`POST …-api-keys`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct CreateRequest {
@@ -206,34 +193,55 @@ pub struct CreateRequest {
     pub team_id: Option<String>,
 }
 
-/// A Stack Auth known error: `{"code", "error", "details"?}` plus the `x-stack-known-error`
-/// header.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct KnownError {
-    /// The error code, e.g. `API_KEY_REVOKED`.
-    pub code: String,
-    /// The human-readable message.
-    pub error: String,
-    /// Structured details, when the error has any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<serde_json::Value>,
+impl CreateRequest {
+    /// A create body for a key owned by `owner`; `expires_at_millis` `None` means never.
+    pub fn new(
+        owner: &Owner,
+        description: impl Into<String>,
+        expires_at_millis: Option<i64>,
+        is_public: bool,
+    ) -> Self {
+        let (user_id, team_id) = match owner {
+            Owner::User(id) => (Some(id.to_string()), None),
+            Owner::Team(id) => (None, Some(id.to_string())),
+        };
+        Self {
+            description: description.into(),
+            expires_at_millis,
+            is_public: Some(is_public),
+            user_id,
+            team_id,
+        }
+    }
 }
 
-impl KnownError {
-    /// A known error without details.
-    pub fn new(code: impl Into<String>, error: impl Into<String>) -> Self {
+/// The body of an update request (`PATCH …-api-keys/{id}`): only these two fields are allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct UpdateRequest {
+    /// A new description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `Some(true)` revokes the key, for good. `false` is not accepted by Stack Auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<bool>,
+}
+
+impl UpdateRequest {
+    /// An update that sets the description.
+    pub fn description(description: impl Into<String>) -> Self {
         Self {
-            code: code.into(),
-            error: error.into(),
-            details: None,
+            description: Some(description.into()),
+            revoked: None,
         }
     }
 
-    /// Adds details.
-    pub fn with_details(mut self, details: serde_json::Value) -> Self {
-        self.details = Some(details);
-        self
+    /// An update that revokes the key.
+    pub fn revoke() -> Self {
+        Self {
+            description: None,
+            revoked: Some(true),
+        }
     }
 }
 
