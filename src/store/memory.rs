@@ -105,7 +105,7 @@ impl MemoryKeyStore {
             new.is_public,
             self.inner.deployment.unwrap_or(Deployment::SelfHosted),
         )
-        .map_err(|e| StoreError::Random(e.to_string()))?;
+        .map_err(StoreError::Random)?;
         let record = KeyRecord {
             id,
             owner,

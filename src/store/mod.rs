@@ -79,6 +79,7 @@ impl NewKey {
 /// Why a stored key is no longer valid (Stack Auth's `whyInvalid()`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum WhyInvalid {
     /// The key was revoked (`"manually-revoked"`).
     ManuallyRevoked,
@@ -169,7 +170,7 @@ pub struct CreatedKey {
     pub record: KeyRecord,
 }
 
-/// A store operation failed.
+/// A store operation failed. Backend failures keep their cause as [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -177,11 +178,30 @@ pub enum StoreError {
     #[error("API key not found")]
     NotFound,
     /// The OS random number generator failed.
-    #[error("random number generator failed: {0}")]
-    Random(String),
+    #[error("random number generator failed")]
+    Random(#[source] rand::rand_core::OsError),
     /// The backing database failed.
-    #[error("key store backend failed: {0}")]
-    Backend(String),
+    #[error("key store backend failed: {message}")]
+    Backend {
+        /// What the store was doing, for operators (never a key).
+        message: String,
+        /// The backend's own error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl StoreError {
+    /// A backend failure while doing `message`, caused by `source`.
+    pub fn backend(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Backend {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
 }
 
 /// Key management with Stack Auth's semantics. Implementations store digests, never keys.
@@ -294,5 +314,18 @@ mod tests {
             to_millis_precision(t),
             UNIX_EPOCH + Duration::from_millis(1_745_000_000_123)
         );
+    }
+
+    #[test]
+    fn a_backend_failure_keeps_its_cause() {
+        use std::error::Error as _;
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "db down");
+        let error = StoreError::backend("checking a key", cause);
+        assert_eq!(
+            error.to_string(),
+            "key store backend failed: checking a key"
+        );
+        let source = error.source().map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("db down"));
     }
 }
