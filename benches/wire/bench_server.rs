@@ -1,5 +1,6 @@
-//! The server behind `benches/wire/run.sh`: one axum app, guarded three ways, for load tests
-//! over loopback. Not a user-facing example.
+//! A bench fixture, not an example: the server behind `benches/wire/run.sh`, one axum app
+//! guarded three ways, for load tests over loopback. Cargo.toml declares it as an example (with
+//! this path) so that `cargo run --example bench_server` builds it.
 //!
 //! ```text
 //! VARIANT=bare|floor|keygate PORT=3100 cargo run --release --example bench_server
