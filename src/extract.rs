@@ -1,9 +1,12 @@
 //! Where keys come from: `Authorization: Bearer`, a configured header, or (opt-in) a query
 //! parameter.
 //!
-//! - `Authorization: Bearer <key>`: the scheme is case-insensitive, the token must follow RFC 6750's
-//!   `b64token` syntax, or the request gets 400 `invalid_request`. Other schemes (`Basic`, …) are
-//!   not keys and are left alone.
+//! - `Authorization: Bearer <key>`: the scheme is case-insensitive, one or more spaces follow it,
+//!   and the token must follow RFC 6750's `b64token` syntax. A value whose scheme is `Bearer` in
+//!   any other form (`Bearer` alone, a tab or a comma after it) is refused with 400
+//!   `invalid_request`: never taken for another scheme, so never let through unchecked.
+//!   Whitespace around the whole value is not part of it (RFC 9110 §5.5) and is ignored. Other
+//!   schemes (`Basic`, …, and `Bearerxyz`, a scheme of its own) are not keys and are left alone.
 //! - A configured header (Stack Auth's docs suggest `X-Stack-Api-Key`) carries the bare key.
 //! - A query parameter only when enabled: RFC 6750 §2.3 says URLs end up in logs.
 //! - Two *different* keys in one request are refused with 400; the same key twice is fine.
@@ -19,10 +22,12 @@
 //! # let _ = layer;
 //! ```
 
+use std::fmt;
+
 use http::header::AUTHORIZATION;
 use http::{HeaderName, Request, Uri};
 
-use crate::key::FormatError;
+use crate::key::{parse_structure, FormatError};
 use crate::reject::{BadRequest, Rejection};
 
 /// The default cap on a presented key's length, in bytes.
@@ -43,8 +48,8 @@ impl Default for KeyExtractor {
     }
 }
 
-/// A key found in a request, borrowed from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A key found in a request, borrowed from it. Its `Debug` never shows the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Found<'a> {
     /// The key as sent, not yet checked against the key format. A header value is visible
     /// ASCII and a query parameter UTF-8; a bearer token's syntax is checked by
@@ -52,6 +57,19 @@ pub(crate) struct Found<'a> {
     pub(crate) key: &'a [u8],
     /// Whether the key is a bearer token, whose `b64token` syntax is left to `check_syntax`.
     bearer: bool,
+}
+
+/// Shows a key-shaped value as `sk_…6e6f` (its prefix and last four), anything else by its
+/// length only: the key is a secret, and a short value's last four would be most of it.
+impl fmt::Debug for Found<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("Found");
+        match parse_structure(self.key) {
+            Ok(parts) => debug.field("key", &format_args!("{parts}")),
+            Err(_) => debug.field("key", &format_args!("<{} bytes>", self.key.len())),
+        };
+        debug.field("bearer", &self.bearer).finish()
+    }
 }
 
 impl Found<'_> {
@@ -190,14 +208,16 @@ impl KeyExtractor {
     }
 
     /// Removes every credential this extractor reads from `request`, so the inner service never
-    /// sees the key.
+    /// sees the key: every `Authorization` header if any of them is a bearer credential (in any
+    /// form [`bearer_token`] recognises, well-formed or not), every configured header, the query
+    /// parameter.
     pub(crate) fn strip<B>(&self, request: &mut Request<B>) {
         if self.bearer {
             let has_bearer = request
                 .headers()
                 .get_all(AUTHORIZATION)
                 .iter()
-                .any(|v| scheme_is_bearer(v.as_bytes()));
+                .any(|v| !matches!(bearer_scheme(v.as_bytes()), Scheme::Other));
             if has_bearer {
                 request.headers_mut().remove(AUTHORIZATION);
             }
@@ -238,28 +258,68 @@ fn all_b64token(bytes: &[u8]) -> bool {
     ok && blocks.remainder().iter().all(|&c| is_b64token(c))
 }
 
-fn scheme_is_bearer(value: &[u8]) -> bool {
-    value.len() >= 6
-        && value[..6].eq_ignore_ascii_case(b"bearer")
-        && value.get(6).is_none_or(|&c| c == b' ')
+/// How an `Authorization` value stands to the `Bearer` scheme.
+#[derive(Debug, PartialEq, Eq)]
+enum Scheme<'a> {
+    /// Another scheme (its name is not `bearer`), or no scheme at all.
+    Other,
+    /// `Bearer`, then what follows its spaces: the token, not yet checked (maybe empty).
+    Bearer(&'a [u8]),
+    /// A scheme named `bearer` followed by something other than a space (a tab, a comma, …).
+    Loose,
+}
+
+/// Where `value` stands to the `Bearer` scheme, once the whitespace around it is dropped (RFC
+/// 9110 §5.5: it is not part of a field value; hyper drops it, other stacks may not).
+///
+/// The scheme is a `token` (RFC 9110 §5.6.2), so `Bearerabc` is a scheme of its own, while
+/// `Bearer` followed by anything that cannot continue a token is this scheme, well-formed or not.
+fn bearer_scheme(value: &[u8]) -> Scheme<'_> {
+    let value = trim_ows(value);
+    if value.len() < 6 || !value[..6].eq_ignore_ascii_case(b"bearer") {
+        return Scheme::Other;
+    }
+    match value.get(6) {
+        None => Scheme::Bearer(&value[6..]),
+        Some(b' ') => {
+            let spaces = value[6..].iter().take_while(|&&c| c == b' ').count();
+            Scheme::Bearer(&value[6 + spaces..])
+        }
+        Some(&c) if is_tchar(c) => Scheme::Other,
+        Some(_) => Scheme::Loose,
+    }
+}
+
+/// `value` without the spaces and tabs around it.
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let is_ows = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = value.iter().position(|c| !is_ows(c)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|c| !is_ows(c))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// RFC 9110 §5.6.2 `tchar`: what may continue a scheme's name.
+fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
 }
 
 /// The token of a `Bearer` credential; `None` for another scheme.
 ///
 /// `credentials = auth-scheme [ 1*SP token68 ]` (RFC 9110 §11.4) with RFC 6750's
-/// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+/// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`. A bearer credential
+/// in any other form (no token, a tab instead of the spaces) is a 400.
 fn bearer_token(value: &[u8], max_len: usize) -> Result<Option<&[u8]>, Rejection> {
     fn malformed() -> Rejection {
         Rejection::BadRequest(BadRequest::MalformedHeader)
     }
-    if !scheme_is_bearer(value) {
-        return Ok(None);
-    }
-    let mut start = 6;
-    while value.get(start) == Some(&b' ') {
-        start += 1;
-    }
-    let token = &value[start..];
+    let token = match bearer_scheme(value) {
+        Scheme::Other => return Ok(None),
+        Scheme::Loose => return Err(malformed()),
+        Scheme::Bearer(token) => token,
+    };
     if token.len() > max_len {
         return Err(Rejection::Malformed(FormatError::TooLong { max: max_len }));
     }
@@ -283,12 +343,14 @@ fn query_values<'a, 'n>(
         })
 }
 
+/// `uri` without the parameter `name`; `None` if it has no such parameter.
 fn without_query_param(uri: &Uri, name: &str) -> Option<Uri> {
     let query = uri.query()?;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
-        .collect();
+    let is_other = |pair: &&str| pair.split_once('=').map_or(*pair, |(k, _)| k) != name;
+    if query.split('&').all(|pair| is_other(&pair)) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(is_other).collect();
     let path = uri.path();
     let path_and_query = if kept.is_empty() {
         path.to_owned()
@@ -373,6 +435,68 @@ mod tests {
             http::HeaderValue::from_bytes(b"Bearer \xffabc").expect("obs-text"),
         );
         assert_eq!(extract(&e, &r), Err("INVALID_REQUEST".into()));
+    }
+
+    #[test]
+    fn a_bearer_scheme_in_any_other_form_is_a_bad_request_not_another_scheme() {
+        let e = KeyExtractor::new();
+        for v in [
+            "Bearer\tabc",
+            "bearer\tabc",
+            "Bearer\t",
+            "Bearer \tabc",
+            "Bearer,abc",
+            "Bearer:abc",
+            "Bearer=abc",
+            " Bearer\tabc",
+        ] {
+            assert_eq!(
+                extract(&e, &req(&[("authorization", v)], "/")),
+                Err("INVALID_REQUEST".into()),
+                "{v:?}"
+            );
+        }
+        // A scheme whose name merely starts with `bearer` is another scheme.
+        for v in ["Bearerabc", "Bearer.abc abc", "Bearer_x abc"] {
+            assert_eq!(
+                extract(&e, &req(&[("authorization", v)], "/")),
+                Ok(None),
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn whitespace_around_the_value_is_not_part_of_it() {
+        let e = KeyExtractor::new();
+        for v in [" Bearer abc", "Bearer abc ", "\t Bearer  abc \t"] {
+            assert_eq!(
+                extract(&e, &req(&[("authorization", v)], "/")),
+                Ok(Some("abc".into())),
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn found_debug_never_shows_the_key() {
+        let key = "sk_abcdefghjkmnpqrstvwxyz0123456789abcdefghjkmn03241a28583294d698f3d316e08cf140cuser1574ck4u7hf5356e6f";
+        let shown = format!(
+            "{:?}",
+            Found {
+                key: key.as_bytes(),
+                bearer: true
+            }
+        );
+        assert_eq!(shown, "Found { key: sk_…6e6f, bearer: true }");
+        let shown = format!(
+            "{:?}",
+            Found {
+                key: b"hunter2-secret",
+                bearer: false
+            }
+        );
+        assert_eq!(shown, "Found { key: <14 bytes>, bearer: false }");
     }
 
     #[test]
@@ -473,6 +597,12 @@ mod tests {
         assert!(r.headers().get("x-stack-api-key").is_none());
         assert_eq!(r.headers()["x-other"], "1");
         assert_eq!(r.uri().to_string(), "/p?a=1&b=2");
+
+        for loose in ["Bearer\taaa", " bearer aaa", "Bearer", "Bearer,aaa"] {
+            let mut r = req(&[("authorization", loose)], "/p");
+            e.strip(&mut r);
+            assert!(r.headers().get(AUTHORIZATION).is_none(), "{loose:?}");
+        }
 
         let mut basic = req(&[("authorization", "Basic xyz")], "/p?api_key=aaa");
         e.strip(&mut basic);

@@ -1,13 +1,27 @@
 //! [`RequireApiKey`]: the tower layer that guards a service with API keys.
 //!
-//! For each request the service: finds the key ([`KeyExtractor`]); rejects a malformed key with
-//! no I/O; asks the verifier's cache by the key's digest ([`KeyVerifier::cached_verdict`]), and
-//! on a miss checks the rest of the format and asks the verifier, which answers at once (no boxed
-//! future) or asynchronously; applies the route's policy; and inserts [`Principal`] plus
-//! [`AuthenticatedUser`](crate::AuthenticatedUser) or
-//! [`AuthenticatedTeam`](crate::AuthenticatedTeam) into the request extensions before calling
-//! the inner service. Refusals are answered by the [`RejectionResponder`] without calling the
-//! inner service.
+//! Each request goes through these steps, cheapest first; the first that refuses answers, through
+//! the [`RejectionResponder`], and the inner service is not called:
+//!
+//! 1. **extract**: find the key ([`KeyExtractor`]). Bad credential syntax: 400. No key: 401, or
+//!    on to the inner service untouched in [`Mode::Optional`].
+//! 2. **structure**: length, prefix, key id, type, scanner flag, marker. Broken: 401, no hashing.
+//! 3. **policy, from the key itself**: a team key on a [`users_only`](RequireApiKey::users_only)
+//!    route, a user key on a [`teams_only`](RequireApiKey::teams_only) one, a `pk_` key where
+//!    [public keys are refused](RequireApiKey::allow_public_keys): 403 `insufficient_scope`,
+//!    with no hashing, no cache lookup and no verifier call (once the rest of the format is
+//!    checked: a key with a bad checksum is refused as malformed, 401, on every route).
+//! 4. **digest**: SHA-256 of the key, the only form a cache sees.
+//! 5. **cache**: [`KeyVerifier::cached_verdict`]; a hit needs nothing more from the key.
+//! 6. **verifier**: on a miss, the rest of the format (secret alphabet, checksum; else 401),
+//!    then [`KeyVerifier::verify_now`] or, if it cannot answer at once, `verify` (the only
+//!    boxed future).
+//!
+//! The answer must agree with the key (kind, id, expiry; a verifier may add `pk_`, not remove
+//! it). Then [`Principal`] and [`AuthenticatedUser`](crate::AuthenticatedUser) or
+//! [`AuthenticatedTeam`](crate::AuthenticatedTeam) go into the request extensions, the
+//! credential is removed if [`strip_credentials`](RequireApiKey::strip_credentials) asks, and
+//! the inner service is called.
 //!
 //! It works on any `Service<http::Request<B>, Response = http::Response<ResB>>`: axum, hyper,
 //! tonic-style services.
@@ -37,19 +51,21 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::extract::{Found, KeyExtractor};
-use crate::key::{parse_structure, ApiKey, FormatError, KeyDigest, KeyKind, KeyParts};
+use crate::key::{parse, parse_structure, ApiKey, FormatError, KeyDigest, KeyKind, KeyParts};
 use crate::principal::Principal;
 use crate::reject::{DefaultResponder, Rejection, RejectionResponder};
 use crate::verify::{InvalidReason, KeyVerifier, Verdict, VerifyError};
 
 /// What a route does when a request carries no key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Mode {
     /// No key, no entry: 401 (the default).
     #[default]
     Required,
     /// A request without a key passes through untouched; a key that is present must still be
-    /// valid (and of an allowed kind), or the request is refused.
+    /// valid (and of an allowed kind), or the request is refused. A `Bearer` credential in any
+    /// malformed form (`Bearer` alone, a tab after it) is present, and refused with 400.
     Optional,
 }
 
@@ -150,13 +166,15 @@ impl<V: KeyVerifier, R: Clone> RequireApiKey<V, R> {
         Arc::make_mut(&mut self.guard)
     }
 
-    /// Accepts user keys only; a valid team key gets 403 `insufficient_scope`.
+    /// Accepts user keys only; a team key gets 403 `insufficient_scope`, read from the key
+    /// before any lookup (see the [module docs](self)).
     pub fn users_only(mut self) -> Self {
         self.guard_mut().kind = Some(KeyKind::User);
         self
     }
 
-    /// Accepts team keys only; a valid user key gets 403 `insufficient_scope`.
+    /// Accepts team keys only; a user key gets 403 `insufficient_scope`, read from the key
+    /// before any lookup.
     pub fn teams_only(mut self) -> Self {
         self.guard_mut().kind = Some(KeyKind::Team);
         self
@@ -169,7 +187,8 @@ impl<V: KeyVerifier, R: Clone> RequireApiKey<V, R> {
     }
 
     /// Whether public (`pk_`) keys are accepted (default `true`, as Stack Auth does). When
-    /// refused, a valid public key gets 403 `insufficient_scope`.
+    /// refused, a `pk_` key gets 403 `insufficient_scope`, read from its prefix before any
+    /// lookup.
     pub fn allow_public_keys(mut self, allow: bool) -> Self {
         self.guard_mut().allow_public = allow;
         self
@@ -187,7 +206,8 @@ impl<V: KeyVerifier, R: Clone> RequireApiKey<V, R> {
     }
 
     /// Removes the credential (header or query parameter) before the inner service sees the
-    /// request (default `false`).
+    /// request (default `false`): every place the [extractor](Self::extractor) reads, and every
+    /// `Authorization` header if any holds a `Bearer` credential.
     pub fn strip_credentials(mut self, strip: bool) -> Self {
         self.guard_mut().strip = strip;
         self
@@ -278,64 +298,97 @@ enum Step {
     Verify(ApiKey),
 }
 
+/// What the verifier says about a key that passed every check the key allows by itself.
+enum Lookup {
+    /// Answered without waiting: a verdict cached under the key's digest, or the verifier's
+    /// [`verify_now`](KeyVerifier::verify_now).
+    Answered(Result<Verdict, VerifyError>),
+    /// The verifier must be asked asynchronously, with this key.
+    Pending(ApiKey),
+}
+
 impl<V: KeyVerifier, R> Guard<V, R> {
     /// Everything up to (and, when it can answer at once, including) the verifier.
     fn check_now<B>(&self, request: &mut Request<B>) -> Step {
-        let found = match self.extractor.extract(request) {
-            Ok(found) => found,
+        let (parts, lookup) = match self.extractor.extract(request) {
+            Ok(Some(found)) => match self.look_up(&found) {
+                Ok(looked_up) => looked_up,
+                Err(rejection) => return Step::Reject(rejection),
+            },
+            Ok(None) => return self.keyless(request),
             Err(rejection) => return Step::Reject(rejection),
-        };
-        let Some(found) = found else {
-            return match self.mode {
-                Mode::Optional => {
-                    request
-                        .extensions_mut()
-                        .insert(Challenge(self.challenge.clone()));
-                    Step::Pass
-                }
-                Mode::Required => Step::Reject(Rejection::Missing),
-            };
-        };
-        // The structural rules first: a key that breaks one costs no hashing.
-        let parts = match parse_structure(found.key) {
-            Ok(parts) => parts,
-            Err(error) => return malformed(&found, error),
-        };
-        let digest = KeyDigest::of_bytes(found.key);
-        // A cache hit needs neither the rest of the format check nor a copy of the key.
-        let outcome = match self.verifier.cached_verdict(&digest) {
-            Some(verdict) => Ok(Ok(verdict)),
-            None => {
-                if let Err(rejection) = found.check_syntax() {
-                    return Step::Reject(rejection);
-                }
-                // ASCII: the extractor and the syntax check let nothing else through.
-                let text = std::str::from_utf8(found.key).map_err(|e| FormatError::Secret {
-                    at: e.valid_up_to(),
-                });
-                let key = match text.and_then(|text| ApiKey::parse_with_digest(text, digest)) {
-                    Ok(key) => key,
-                    Err(error) => return malformed(&found, error),
-                };
-                self.verifier.verify_now(&key).ok_or(key)
-            }
         };
         if self.strip {
             self.extractor.strip(request);
         }
-        match outcome {
-            Ok(result) => match self.decide(&parts, result) {
+        match lookup {
+            Lookup::Answered(result) => match self.decide(&parts, result) {
                 Ok(principal) => {
                     principal.insert_into(request.extensions_mut());
                     Step::Pass
                 }
                 Err(rejection) => Step::Reject(rejection),
             },
-            Err(key) => Step::Verify(key),
+            Lookup::Pending(key) => Step::Verify(key),
         }
     }
 
-    /// Turns the verifier's answer into a principal or a refusal, applying the policy.
+    /// A request without a key: 401, or on to the inner service in optional mode.
+    fn keyless<B>(&self, request: &mut Request<B>) -> Step {
+        match self.mode {
+            Mode::Required => Step::Reject(Rejection::Missing),
+            // Untouched even when stripping: no place the extractor reads holds anything (a
+            // bearer credential in any form, or a non-empty header or parameter, is a key).
+            Mode::Optional => {
+                request
+                    .extensions_mut()
+                    .insert(Challenge(self.challenge.clone()));
+                Step::Pass
+            }
+        }
+    }
+
+    /// The checks the key allows by itself, cheapest first, then the cache and the verifier.
+    fn look_up(&self, found: &Found<'_>) -> Result<(KeyParts, Lookup), Rejection> {
+        // The structural rules: a key that breaks one costs no hashing.
+        let parts = parse_structure(found.key).map_err(|error| malformed(found, error))?;
+        // The route's policy, from what the key says of itself: a key of a refused kind costs no
+        // hashing, no cache lookup and no verifier call, so that keys anyone can mint (the
+        // checksum is public) cannot reach the verifier through a route that refuses them.
+        if let Some(refusal) = self.refusal(&parts) {
+            // A key that breaks the rest of the format is not a key of any kind: refused as
+            // malformed, as on any route. Still no I/O, and only refusals pay for the check.
+            let text = well_formed_text(found)?;
+            parse(text).map_err(|error| malformed(found, error))?;
+            tracing::debug!(key = %parts, key_id = %parts.key_id, %refusal, "API key refused by the route's policy");
+            return Err(refusal);
+        }
+        let digest = KeyDigest::of_bytes(found.key);
+        // A cache hit needs neither the rest of the format check nor a copy of the key.
+        if let Some(verdict) = self.verifier.cached_verdict(&digest) {
+            return Ok((parts, Lookup::Answered(Ok(verdict))));
+        }
+        let text = well_formed_text(found)?;
+        let key =
+            ApiKey::parse_with_digest(text, digest).map_err(|error| malformed(found, error))?;
+        let lookup = match self.verifier.verify_now(&key) {
+            Some(result) => Lookup::Answered(result),
+            None => Lookup::Pending(key),
+        };
+        Ok((parts, lookup))
+    }
+
+    /// The refusal the route's policy makes of a key, from the key alone.
+    fn refusal(&self, key: &KeyParts) -> Option<Rejection> {
+        match self.kind {
+            Some(required) if required != key.kind => Some(Rejection::WrongKind { required }),
+            _ if key.is_public && !self.allow_public => Some(Rejection::PublicKeyRefused),
+            _ => None,
+        }
+    }
+
+    /// Turns the verifier's answer into a principal or a refusal. The route's policy on kinds
+    /// was applied before the lookup; the answer must agree with the key.
     fn decide(
         &self,
         key: &KeyParts,
@@ -366,13 +419,8 @@ impl<V: KeyVerifier, R> Guard<V, R> {
             tracing::debug!(key = %key, key_id = %key.key_id, %reason, "API key refused");
             return Err(Rejection::Invalid(reason));
         }
-        if let Some(required) = self.kind {
-            if required != key.kind {
-                tracing::debug!(key = %key, key_id = %key.key_id, %required, "API key of the wrong kind");
-                return Err(Rejection::WrongKind { required });
-            }
-        }
-        // The key's own `pk_` prefix is authoritative; a verifier can only add to it.
+        // The key's own `pk_` prefix is authoritative (and was checked before the lookup); a
+        // verifier can only add to it.
         let is_public = info.is_public || key.is_public;
         if is_public && !self.allow_public {
             tracing::debug!(key = %key, key_id = %key.key_id, "public API key refused");
@@ -384,13 +432,27 @@ impl<V: KeyVerifier, R> Guard<V, R> {
     }
 }
 
+/// The key as text, once its credential syntax is known to be sound (else 400).
+fn well_formed_text<'a>(found: &Found<'a>) -> Result<&'a str, Rejection> {
+    found.check_syntax()?;
+    // ASCII: the extractor and the syntax check let nothing else through.
+    std::str::from_utf8(found.key).map_err(|e| {
+        malformed(
+            found,
+            FormatError::Secret {
+                at: e.valid_up_to(),
+            },
+        )
+    })
+}
+
 /// The refusal of a malformed key: 400 if the credential's syntax is broken, else 401.
-fn malformed(found: &Found<'_>, error: FormatError) -> Step {
+fn malformed(found: &Found<'_>, error: FormatError) -> Rejection {
     if let Err(rejection) = found.check_syntax() {
-        return Step::Reject(rejection);
+        return rejection;
     }
     tracing::debug!(%error, "malformed API key refused");
-    Step::Reject(Rejection::Malformed(error))
+    Rejection::Malformed(error)
 }
 
 /// Put in the extensions of a keyless request let through in optional mode, so the axum

@@ -5,8 +5,13 @@
 //! | no key | 401 | `Bearer realm="…"` | `API_KEY_MISSING` |
 //! | malformed / unknown / revoked / expired key | 401 | `Bearer realm="…", error="invalid_token"` | `API_KEY_INVALID` |
 //! | two different keys, bad header syntax | 400 | `Bearer error="invalid_request"` | `INVALID_REQUEST` |
-//! | valid key of the wrong kind, public key refused | 403 | `Bearer error="insufficient_scope"` | `INSUFFICIENT_SCOPE` |
-//! | verifier down, timed out, misconfigured | 503 + `Retry-After` | none | `VERIFIER_UNAVAILABLE` |
+//! | key of a kind the route refuses (team key on a user route, user key on a team route, `pk_` key where refused), read from the key itself before any lookup | 403 | `Bearer error="insufficient_scope"` | `INSUFFICIENT_SCOPE` |
+//! | verifier down, timed out, misconfigured | 503 + `Retry-After` (whole seconds, at most [`MAX_RETRY_AFTER`]) | none | `VERIFIER_UNAVAILABLE` |
+//!
+//! The refusals decided without I/O come in this order: bad credential syntax (400), then a key
+//! that breaks any format rule (401: a key that is not a key has no kind), then a kind or a `pk_`
+//! prefix the route refuses (403). So a team key with a bad checksum on a user route gets 401,
+//! like a bad key anywhere, and a well-formed one gets 403 whether or not it exists.
 //!
 //! Bodies are JSON `{"code": "...", "error": "human message"}` with `cache-control: no-store`.
 //! Why a key was invalid (unknown, revoked, expired, malformed) is logged, never sent.
@@ -47,12 +52,14 @@ pub enum Rejection {
     Invalid(InvalidReason),
     /// The request itself is malformed.
     BadRequest(BadRequest),
-    /// The key is valid but of the wrong kind for this route.
+    /// The key is of a kind this route refuses. Read from the key itself, before any lookup: the
+    /// key may be unknown as well.
     WrongKind {
         /// The kind the route accepts.
         required: KeyKind,
     },
-    /// The key is a valid public (`pk_`) key and this route refuses public keys.
+    /// The key is a public (`pk_`) key and this route refuses public keys. Read from the key's
+    /// prefix before any lookup (or, rarely, from a verifier that calls an `sk_` key public).
     PublicKeyRefused,
     /// The verifier could not answer.
     Unavailable(VerifyError),
@@ -192,11 +199,24 @@ where
 pub struct DefaultResponder {
     missing: HeaderValue,
     invalid: HeaderValue,
-    retry_after: Duration,
+    /// The `Retry-After` value when the verifier suggests none, built once.
+    retry_after: HeaderValue,
 }
 
 /// The realm used when none is configured.
 pub const DEFAULT_REALM: &str = "api";
+
+/// The longest `Retry-After` a 503 ever carries: one day. A longer wait, configured or suggested
+/// by a verifier (up to `Duration::MAX`), is sent as this one.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `wait` as a `Retry-After` value: whole seconds, rounded up (a client that waits exactly this
+/// long must not come back too early), at least 1, at most [`MAX_RETRY_AFTER`].
+fn retry_after_header(wait: Duration) -> HeaderValue {
+    let wait = wait.min(MAX_RETRY_AFTER);
+    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    HeaderValue::from(secs)
+}
 
 impl Default for DefaultResponder {
     fn default() -> Self {
@@ -222,13 +242,14 @@ impl DefaultResponder {
         Self {
             missing: header(format!("Bearer realm=\"{realm}\"")),
             invalid: header(format!("Bearer realm=\"{realm}\", error=\"invalid_token\"")),
-            retry_after: Duration::from_secs(1),
+            retry_after: retry_after_header(Duration::from_secs(1)),
         }
     }
 
-    /// The `Retry-After` sent with a 503 when the verifier gave none (default 1 s).
+    /// The `Retry-After` sent with a 503 when the verifier gave none (default 1 s). Sent in whole
+    /// seconds, rounded up, and capped at [`MAX_RETRY_AFTER`], as is a verifier's own.
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
-        self.retry_after = retry_after;
+        self.retry_after = retry_after_header(retry_after);
         self
     }
 }
@@ -255,10 +276,11 @@ impl<B: From<Bytes>> RejectionResponder<B> for DefaultResponder {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
         if let Rejection::Unavailable(error) = rejection {
-            // Rounded up: a client that waits exactly this long must not come back too early.
-            let wait = error.retry_after().unwrap_or(self.retry_after);
-            let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+            let wait = match error.retry_after() {
+                Some(wait) => retry_after_header(wait),
+                None => self.retry_after.clone(),
+            };
+            headers.insert(RETRY_AFTER, wait);
         }
         response
     }
@@ -328,6 +350,38 @@ mod tests {
             "down",
         )));
         assert_eq!(r.headers()[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn retry_after_is_capped_and_never_overflows() {
+        let cap = MAX_RETRY_AFTER.as_secs().to_string();
+        let rows = [
+            ("Duration::MAX", Duration::MAX, cap.as_str()),
+            ("u64::MAX seconds", Duration::from_secs(u64::MAX), &cap),
+            (
+                "just over the cap",
+                MAX_RETRY_AFTER + Duration::from_nanos(1),
+                &cap,
+            ),
+            ("the cap", MAX_RETRY_AFTER, &cap),
+            ("zero", Duration::ZERO, "1"),
+            ("1.5 s", Duration::from_millis(1500), "2"),
+        ];
+        for (name, wait, expected) in rows {
+            // As the responder's default...
+            let responder = DefaultResponder::new("test").retry_after(wait);
+            let error = VerifyError::new(VerifyErrorKind::Transport, "down");
+            let r: Response<Bytes> = responder.respond(&Rejection::Unavailable(error));
+            assert_eq!(
+                r.headers()[RETRY_AFTER],
+                expected,
+                "{name}, responder default"
+            );
+            // ... and as a verifier's suggestion.
+            let error = VerifyError::new(VerifyErrorKind::Timeout, "slow").with_retry_after(wait);
+            let r = respond(&Rejection::Unavailable(error));
+            assert_eq!(r.headers()[RETRY_AFTER], expected, "{name}, verifier hint");
+        }
     }
 
     #[test]

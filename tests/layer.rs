@@ -696,6 +696,7 @@ async fn a_verifier_that_contradicts_the_key_is_not_believed() {
             .with_expires_at(Some(SystemTime::now() - Duration::from_secs(1)))
     };
     let says_secret: Describe = |key| KeyInfo::new(key.key_id(), Owner::user("u"), false);
+    let says_public: Describe = |key| KeyInfo::new(key.key_id(), Owner::user("u"), true);
     let secret_key = generated(KeyKind::User, false);
     let public_key = generated(KeyKind::User, true);
     let admitted = |key: &ApiKey| {
@@ -739,6 +740,13 @@ async fn a_verifier_that_contradicts_the_key_is_not_believed() {
             &public_key,
             Outcome::Rejected(SCOPE),
         ),
+        // A verifier may add what the key does not say.
+        (
+            "claims a secret key is public",
+            says_public,
+            &secret_key,
+            Outcome::Rejected(SCOPE),
+        ),
     ];
     for (name, describe, key, outcome) in &rows {
         let verifier = TestVerifier::new(Behaviour::Valid(*describe));
@@ -756,8 +764,15 @@ async fn a_verifier_that_contradicts_the_key_is_not_believed() {
                 .await
                 .assert_outcome(outcome, &format!("{name}, behind a cache, {attempt}"));
         }
-        // An expired verdict is never cached, so both requests reach the verifier.
-        let calls = if describe(key).is_expired() { 2 } else { 1 };
+        // A `pk_` key is refused from its prefix, before any lookup. An expired verdict is
+        // never cached, so both requests reach the verifier.
+        let calls = if key.is_public() {
+            0
+        } else if describe(key).is_expired() {
+            2
+        } else {
+            1
+        };
         assert_eq!(verifier.calls(), calls, "{name}: calls behind the cache");
     }
 }
@@ -1694,5 +1709,401 @@ async fn concurrent_requests_with_one_new_key_share_one_lookup() {
         verifier.calls(),
         1,
         "one lookup for eight concurrent requests"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. A key of a kind the route refuses: refused from the key itself (issue 9, defect 2)
+// ---------------------------------------------------------------------------------------------
+
+/// A route's policy, for any verifier.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    UsersOnly,
+    TeamsOnly,
+    NoPublicKeys,
+}
+
+impl Route {
+    /// The policy on `layer`, in optional mode if asked.
+    fn apply<V: KeyVerifier>(self, layer: RequireApiKey<V>, optional: bool) -> RequireApiKey<V> {
+        let layer = match self {
+            Route::UsersOnly => layer.users_only(),
+            Route::TeamsOnly => layer.teams_only(),
+            Route::NoPublicKeys => layer.allow_public_keys(false),
+        };
+        if optional {
+            layer.optional()
+        } else {
+            layer
+        }
+    }
+}
+
+/// `key` with the character at `at` replaced by `c`.
+fn with_char(key: &str, at: usize, c: char) -> String {
+    let mut key = key.to_owned();
+    key.replace_range(at..=at, c.encode_utf8(&mut [0; 4]));
+    key
+}
+
+#[tokio::test]
+async fn a_key_of_a_refused_kind_costs_no_cache_read_and_no_verifier_call() {
+    let k = keys().await;
+    let minted = |kind, public| generated(kind, public).expose_secret().to_owned();
+    let team_key = minted(KeyKind::Team, false);
+    let public_key = minted(KeyKind::User, true);
+    // (name, route, key sent, refusal)
+    let rows: Vec<(&str, Route, String, Expect)> = vec![
+        (
+            "known team key, users only",
+            Route::UsersOnly,
+            secret(&k.team),
+            SCOPE,
+        ),
+        (
+            "freshly minted team key, users only",
+            Route::UsersOnly,
+            team_key.clone(),
+            SCOPE,
+        ),
+        (
+            "freshly minted public team key, users only",
+            Route::UsersOnly,
+            minted(KeyKind::Team, true),
+            SCOPE,
+        ),
+        (
+            "known user key, teams only",
+            Route::TeamsOnly,
+            secret(&k.user),
+            SCOPE,
+        ),
+        (
+            "freshly minted user key, teams only",
+            Route::TeamsOnly,
+            minted(KeyKind::User, false),
+            SCOPE,
+        ),
+        (
+            "known public user key, public keys refused",
+            Route::NoPublicKeys,
+            secret(&k.public_user),
+            SCOPE,
+        ),
+        (
+            "freshly minted public key, public keys refused",
+            Route::NoPublicKeys,
+            public_key.clone(),
+            SCOPE,
+        ),
+        // A key that breaks the format is malformed on every route, whatever kind it claims:
+        // the whole format is checked before the policy, which still costs no I/O.
+        (
+            "team key with a bad checksum, users only",
+            Route::UsersOnly,
+            with_bad_checksum(&team_key),
+            INVALID,
+        ),
+        (
+            "public key with a bad checksum, public keys refused",
+            Route::NoPublicKeys,
+            with_bad_checksum(&public_key),
+            INVALID,
+        ),
+        (
+            "team key with a secret outside Crockford base32, users only",
+            Route::UsersOnly,
+            with_char(&team_key, 10, 'U'),
+            INVALID,
+        ),
+        (
+            "team key with a character outside b64token, users only",
+            Route::UsersOnly,
+            with_char(&team_key, 10, '!'),
+            BAD_REQUEST,
+        ),
+    ];
+    for (name, route, key, expect) in &rows {
+        for optional in [false, true] {
+            let ctx = |verifier: &str| format!("{name}, optional: {optional}, {verifier}");
+
+            // Behind a cache, over a store: no cache read (no hit, no miss), no verifier call.
+            let counting = TestVerifier::store(k.store.clone());
+            let cache = CachedVerifier::new(counting.clone());
+            let app = routes().layer(route.apply(RequireApiKey::new(cache.clone()), optional));
+            send(&app, "/principal", &[bearer(key)])
+                .await
+                .assert_rejected(expect, &ctx("cached store"));
+            let stats = cache.stats();
+            assert_eq!(
+                (
+                    stats.hits,
+                    stats.negative_hits,
+                    stats.misses,
+                    stats.verifier_calls
+                ),
+                (0, 0, 0, 0),
+                "{}: {stats:?}",
+                ctx("cached store")
+            );
+            assert_eq!(counting.calls(), 0, "{}", ctx("cached store"));
+
+            // A verifier whose digest fast path would answer: it is never asked.
+            let fast = Arc::new(FastPathOnly {
+                verdict: Verdict::Invalid(keygate::verify::InvalidReason::NotFound),
+                cached_asks: AtomicUsize::new(0),
+                calls: AtomicUsize::new(0),
+            });
+            let app =
+                routes().layer(route.apply(RequireApiKey::from_arc(Arc::clone(&fast)), optional));
+            send(&app, "/principal", &[bearer(key)])
+                .await
+                .assert_rejected(expect, &ctx("fast path"));
+            let asked = (
+                fast.cached_asks.load(Ordering::SeqCst),
+                fast.calls.load(Ordering::SeqCst),
+            );
+            assert_eq!(asked, (0, 0), "{}: (cache asks, calls)", ctx("fast path"));
+
+            // A verifier that is down: the refusal is still the route's 403, not a 503.
+            let down = TestVerifier::failing(None);
+            let app = routes().layer(route.apply(RequireApiKey::new(down.clone()), optional));
+            send(&app, "/principal", &[bearer(key)])
+                .await
+                .assert_rejected(expect, &ctx("verifier down"));
+            assert_eq!(down.calls(), 0, "{}", ctx("verifier down"));
+        }
+    }
+}
+
+/// The issue's scenario: a verifier that fails for team keys (Stack Auth answers 400 "team API
+/// keys are not enabled" in a project without them, a failure for its circuit breaker) and, after
+/// five failures, refuses everything (the breaker is open).
+#[derive(Clone)]
+struct TripsOnTeamKeys {
+    store: MemoryKeyStore,
+    failures: Arc<AtomicUsize>,
+}
+
+impl KeyVerifier for TripsOnTeamKeys {
+    async fn verify(&self, key: &ApiKey) -> Result<Verdict, VerifyError> {
+        if self.failures.load(Ordering::SeqCst) >= 5 {
+            return Err(VerifyError::new(
+                VerifyErrorKind::CircuitOpen,
+                "breaker open",
+            ));
+        }
+        if key.kind() == KeyKind::Team {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(VerifyError::new(
+                VerifyErrorKind::Misconfigured,
+                "team API keys are not enabled for this project",
+            ));
+        }
+        self.store.verify(key).await
+    }
+}
+
+#[tokio::test]
+async fn minted_team_keys_on_a_user_route_cannot_trip_the_verifier_for_user_keys() {
+    let k = keys().await;
+    let verifier = TripsOnTeamKeys {
+        store: k.store.clone(),
+        failures: Arc::new(AtomicUsize::new(0)),
+    };
+    let app =
+        routes().layer(RequireApiKey::new(CachedVerifier::new(verifier.clone())).users_only());
+    for i in 1..=5 {
+        let minted = generated(KeyKind::Team, false);
+        send(&app, "/me", &[bearer(minted.expose_secret())])
+            .await
+            .assert_rejected(&SCOPE, &format!("minted team key {i}"));
+    }
+    assert_eq!(
+        verifier.failures.load(Ordering::SeqCst),
+        0,
+        "no team key went upstream"
+    );
+    // A valid user key nobody has used yet (so not cached) still gets in.
+    send(&app, "/me", &[bearer(&secret(&k.user))])
+        .await
+        .assert_ok("an uncached user key after five team keys");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Bearer credentials in loose forms: checked or refused, never let through (issue 9, defect 4)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_bearer_credential_in_any_form_is_checked_or_refused_and_stripped() {
+    let k = keys().await;
+    let user = secret(&k.user);
+    let unknown = unknown_key();
+    let ok = |authorization: Option<&str>, header: Option<&str>| {
+        Outcome::Ok(
+            json!({"authorization": authorization, "x-stack-api-key": header, "uri": "/echo"}),
+        )
+    };
+    let raw = |value: String| (value.clone(), auth(value));
+    // (name, headers, outcome with the credentials kept; with stripping, an admitted request
+    // reaches the handler with neither header)
+    let lower = raw(format!("bearer {user}"));
+    let spaces = raw(format!("Bearer    {user}"));
+    let leading = raw(format!(" \tBearer {user}"));
+    let trailing = raw(format!("Bearer {user} \t"));
+    let padded_header = format!("\t{user} ");
+    let rows: Vec<(&str, Vec<Hdr>, Outcome)> = vec![
+        // Well-formed, or only padded as RFC 9110 §5.5 allows: checked, admitted.
+        ("lowercase scheme", vec![lower.1], ok(Some(&lower.0), None)),
+        ("several spaces", vec![spaces.1], ok(Some(&spaces.0), None)),
+        (
+            "leading whitespace",
+            vec![leading.1],
+            ok(Some(&leading.0), None),
+        ),
+        (
+            "trailing whitespace",
+            vec![trailing.1],
+            ok(Some(&trailing.0), None),
+        ),
+        (
+            "padded configured header",
+            vec![x_key(padded_header.clone())],
+            ok(None, Some(&padded_header)),
+        ),
+        // Recognisably bearer, but not `Bearer 1*SP token`: refused, never another scheme.
+        (
+            "tab after the scheme",
+            vec![auth(format!("Bearer\t{user}"))],
+            Outcome::Rejected(BAD_REQUEST),
+        ),
+        (
+            "uppercase scheme and a tab",
+            vec![auth(format!("BEARER\t{user}"))],
+            Outcome::Rejected(BAD_REQUEST),
+        ),
+        (
+            "space then tab",
+            vec![auth(format!("Bearer \t{user}"))],
+            Outcome::Rejected(BAD_REQUEST),
+        ),
+        (
+            "tab then space",
+            vec![auth(format!("Bearer\t {user}"))],
+            Outcome::Rejected(BAD_REQUEST),
+        ),
+        (
+            "leading whitespace and a tab",
+            vec![auth(format!("  Bearer\t{user}"))],
+            Outcome::Rejected(BAD_REQUEST),
+        ),
+        (
+            "comma after the scheme",
+            vec![auth(format!("Bearer,{user}"))],
+            Outcome::Rejected(BAD_REQUEST),
+        ),
+        (
+            "scheme alone",
+            vec![auth("Bearer")],
+            Outcome::Rejected(BAD_REQUEST),
+        ),
+        (
+            "scheme alone, tab",
+            vec![auth("bearer\t")],
+            Outcome::Rejected(BAD_REQUEST),
+        ),
+        (
+            "unknown key after a tab",
+            vec![auth(format!("Bearer\t{unknown}"))],
+            Outcome::Rejected(BAD_REQUEST),
+        ),
+        (
+            "tab form next to a valid configured header",
+            vec![auth(format!("Bearer\t{user}")), x_key(user.clone())],
+            Outcome::Rejected(BAD_REQUEST),
+        ),
+        // A configured header carries a bare key: anything else in it is checked as a key.
+        (
+            "configured header holding a bearer credential",
+            vec![x_key(format!("Bearer {user}"))],
+            Outcome::Rejected(INVALID),
+        ),
+    ];
+    for (name, headers, outcome) in &rows {
+        for optional in [false, true] {
+            for strip in [false, true] {
+                let ctx = format!("{name}, optional: {optional}, strip_credentials({strip})");
+                let verifier = TestVerifier::store(k.store.clone());
+                let layer = RequireApiKey::new(verifier.clone())
+                    .extractor(every_place())
+                    .strip_credentials(strip);
+                let layer = if optional { layer.optional() } else { layer };
+                let app = routes().layer(layer);
+                let reply = send(&app, "/echo", headers).await;
+                match outcome {
+                    Outcome::Ok(kept) => {
+                        let expected = if strip {
+                            ok(None, None)
+                        } else {
+                            Outcome::Ok(kept.clone())
+                        };
+                        reply.assert_outcome(&expected, &ctx);
+                        assert_eq!(verifier.calls(), 1, "{ctx}: the key was checked");
+                    }
+                    // Refused: the handler (and whatever it would pass the headers on to) never
+                    // sees the request, so it never sees the credential.
+                    Outcome::Rejected(expect) => {
+                        reply.assert_rejected(expect, &ctx);
+                        assert_eq!(verifier.calls(), 0, "{ctx}: a refusal without a lookup");
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Smaller fixes (issue 9)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_endless_retry_after_is_capped_at_a_day_never_a_panic() {
+    let key = unknown_key();
+    let day = "86400";
+    let rows: Vec<(&str, TestVerifier, Option<DefaultResponder>)> = vec![
+        (
+            "verifier hint of Duration::MAX",
+            TestVerifier::failing(Some(Duration::MAX)),
+            None,
+        ),
+        (
+            "responder default of Duration::MAX",
+            TestVerifier::failing(None),
+            Some(DefaultResponder::default().retry_after(Duration::MAX)),
+        ),
+        (
+            "u64::MAX seconds from the verifier",
+            TestVerifier::failing(Some(Duration::from_secs(u64::MAX))),
+            Some(DefaultResponder::default().retry_after(Duration::MAX)),
+        ),
+    ];
+    for (name, verifier, responder) in rows {
+        let layer = RequireApiKey::new(verifier);
+        let app = match responder {
+            Some(responder) => routes().layer(layer.responder(responder)),
+            None => routes().layer(layer),
+        };
+        let expect = Expect {
+            retry_after: Some(day),
+            ..UNAVAILABLE
+        };
+        send(&app, "/principal", &[bearer(&key)])
+            .await
+            .assert_rejected(&expect, name);
+    }
+    assert_eq!(
+        keygate::reject::MAX_RETRY_AFTER,
+        Duration::from_secs(86_400)
     );
 }

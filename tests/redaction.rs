@@ -342,6 +342,20 @@ async fn no_key_is_revealed_by_logs_bodies_or_debug_output() {
             code: "API_KEY_MISSING",
         },
         bearer(
+            "team key with a bad checksum on a user route",
+            "/user",
+            &wrong_checksum(team.key.expose_secret()),
+            401,
+            "API_KEY_INVALID",
+        ),
+        Case {
+            what: "optional, tab after the scheme",
+            path: "/optional",
+            header: Some(("authorization", format!("Bearer\t{v}"))),
+            status: 400,
+            code: "INVALID_REQUEST",
+        },
+        bearer(
             "bad Authorization syntax",
             "/user",
             &format!("{v}, {}", stranger.expose_secret()),
@@ -421,6 +435,10 @@ async fn no_key_is_revealed_by_logs_bodies_or_debug_output() {
         ("unreachable", unreachable.key.expose_secret()),
         ("one char changed", &malformed_one_char),
         ("wrong checksum", &malformed_checksum),
+        (
+            "team, wrong checksum",
+            &wrong_checksum(team.key.expose_secret()),
+        ),
     ] {
         secrets.push((format!("{name} (full key)"), key.to_owned()));
         secrets.push((format!("{name} (secret part)"), key[3..48].to_owned()));

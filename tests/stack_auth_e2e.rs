@@ -252,8 +252,8 @@ async fn create(admin: &StackAuthClient, owner: &Owner, new: NewKey) -> CreatedK
 // ---------------------------------------------------------------------------------------------
 
 /// create → valid (1 check) → cached (0) → revoked through the admin client → 401 at once (1)
-/// → expired (1) → valid key of the other kind's route: 403 (1), then its own route from the
-/// cache (0) → unknown key: 401 (1), again (0) → malformed: 401 (0).
+/// → expired (1) → valid key on the other kind's route: 403 read from the key (0), then its own
+/// route (1), then from the cache (0) → unknown key: 401 (1), again (0) → malformed: 401 (0).
 async fn lifecycle(kind: Kind) {
     let env = Env::start().await;
     let owner = kind.new_owner();
@@ -311,10 +311,17 @@ async fn lifecycle(kind: Kind) {
     let fresh = create(&env.admin, &owner, NewKey::new("fresh")).await;
     let reply = env.get(kind.wrong_route, fresh.key.expose_secret()).await;
     assert_refused(&reply, StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE");
-    assert_eq!(env.checks(), 4, "{kind:?}: the key was verified, once");
+    assert_eq!(
+        env.checks(),
+        3,
+        "{kind:?}: refused from the key itself, no check"
+    );
     let reply = env.get(kind.own_route, fresh.key.expose_secret()).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     assert_eq!(reply.body["key_id"], fresh.record.id.to_string());
+    assert_eq!(env.checks(), 4, "{kind:?}: its own route checks it once");
+    let reply = env.get(kind.own_route, fresh.key.expose_secret()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     assert_eq!(env.checks(), 4, "{kind:?}: the valid verdict was cached");
 
     let unknown = kind.unknown_key();
