@@ -340,9 +340,13 @@ impl<V: KeyVerifier, R> Guard<V, R> {
             // Untouched even when stripping: no place the extractor reads holds anything (a
             // bearer credential in any form, or a non-empty header or parameter, is a key).
             Mode::Optional => {
+                // Only the axum extractors read it.
+                #[cfg(feature = "axum")]
                 request
                     .extensions_mut()
                     .insert(Challenge(self.challenge.clone()));
+                #[cfg(not(feature = "axum"))]
+                let _ = request;
                 Step::Pass
             }
         }
@@ -457,6 +461,7 @@ fn malformed(found: &Found<'_>, error: FormatError) -> Rejection {
 
 /// Put in the extensions of a keyless request let through in optional mode, so the axum
 /// extractors refuse it with the layer's realm.
+#[cfg(feature = "axum")]
 #[derive(Clone, Debug)]
 pub(crate) struct Challenge(pub(crate) DefaultResponder);
 
