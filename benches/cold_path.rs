@@ -26,7 +26,7 @@ use keygate::{KeyStore, MemoryKeyStore, NewKey, Owner, RequireApiKey};
 use tower::ServiceExt;
 
 const PROJECT: &str = "bench-project";
-const SECRET: &str = "ssk_bench";
+const SECRET: &str = "ssk_bench_secret_server_key";
 
 fn cold_path(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -46,7 +46,10 @@ fn cold_path(c: &mut Criterion) {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let server = key_server(store, KeyServerConfig::new(PROJECT, SECRET));
+    let server = key_server(
+        store,
+        KeyServerConfig::new(PROJECT, SECRET).expect("config"),
+    );
     rt.spawn(async move { axum::serve(listener, server).await });
 
     let client = reqwest::Client::builder()

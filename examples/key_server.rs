@@ -5,8 +5,10 @@
 //! ```
 //!
 //! `STACK_PROJECT_ID` and `STACK_SECRET_SERVER_KEY` set the credentials callers must present
-//! (defaults: `local-project`, `ssk_local_development_key`). The start-up lines print curl
-//! commands that create a key and check it.
+//! (defaults: `local-project`, `ssk_local_development_key`); an empty or short secret (under 16
+//! characters) stops the example with a message. The start-up lines print curl commands that
+//! create a key and check it. Requests may use Stack Auth's `x-stack-*` header names or
+//! Hexclave's `x-hexclave-*` ones.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -29,10 +31,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let project = env("STACK_PROJECT_ID", "local-project");
     let secret = env("STACK_SECRET_SERVER_KEY", "ssk_local_development_key");
 
-    let app = key_server(
-        MemoryKeyStore::new(),
-        KeyServerConfig::new(&project, &secret),
-    );
+    // An empty or short secret would let (nearly) anyone in: refuse to start.
+    let config = match KeyServerConfig::new(&project, &secret) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!(
+                "key_server: {error}. Set STACK_SECRET_SERVER_KEY to a secret of at least {} characters and STACK_PROJECT_ID to the project id, or unset both for the development defaults.",
+                KeyServerConfig::MIN_SECRET_SERVER_KEY_LEN
+            );
+            std::process::exit(2);
+        }
+    };
+    let app = key_server(MemoryKeyStore::new(), config);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = TcpListener::bind(addr).await?;
     let h = format!(

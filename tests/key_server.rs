@@ -1,11 +1,13 @@
-//! Conformance of `keygate::server::key_server` with Stack Auth's API-key endpoints, as written
-//! down in `shared/reference/stack-auth-api.md` (cited below as "ref §n"). The Router is driven
-//! in process with `tower::ServiceExt::oneshot`.
+//! Conformance of `keygate::server::key_server` with the API-key endpoints of Stack Auth (now
+//! Hexclave), as written down in `docs/stack-auth-protocol.md` (cited below as "ref §n"). The
+//! Router is driven in process with `tower::ServiceExt::oneshot`.
 //!
-//! Every test runs for user keys and team keys from one table ([`KINDS`]). Every response is
-//! checked for `cache-control: no-store, max-age=0` and an `x-stack-request-id` (ref §1), every
-//! known error for its status, `content-type`, `x-stack-known-error` and `{code, error}` body
-//! (ref §3).
+//! Every test runs for user keys and team keys from one table ([`KINDS`]); the access tests also
+//! run every request-header case under each header family ([`FAMILIES`]: `x-stack-*`,
+//! `x-hexclave-*`, both with conflicting values, mixed). Every response is checked for
+//! `cache-control: no-store, max-age=0` and one request id under both names (ref §3), every
+//! known error for its status, `content-type`, both known-error headers and `{code, error}` body
+//! (ref §5).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +16,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use keygate::key::{ApiKey, Deployment, KeyKind};
-use keygate::server::{key_server, KeyServerConfig};
+use keygate::server::{key_server, KeyServerConfig, KeyServerConfigError};
 use keygate::{KeyStore, MemoryKeyStore, NewKey, Owner};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -22,6 +24,12 @@ use uuid::Uuid;
 
 const PROJECT: &str = "6d0ac1b4-3c64-4b6e-9d63-0f1c1a2b3c4d";
 const SECRET: &str = "ssk_keygate_conformance_secret_server_key";
+const OTHER_PROJECT: &str = "00000000-0000-4000-8000-000000000000";
+const WRONG_SECRET: &str = "ssk_wrong_secret_server_key_for_this_project";
+
+fn config() -> KeyServerConfig {
+    KeyServerConfig::new(PROJECT, SECRET).expect("a valid config")
+}
 
 // ---------------------------------------------------------------------------------------------
 // The table: what differs between user keys and team keys
@@ -36,7 +44,7 @@ struct Kind {
     owner_field: &'static str,
     /// The collection route.
     base: &'static str,
-    /// Stack Auth's plain-text 400 when this kind is disabled (ref §7).
+    /// Stack Auth's plain-text 400 when this kind is disabled (ref §5).
     disabled: &'static str,
 }
 
@@ -145,7 +153,7 @@ struct Api {
 
 impl Api {
     fn new() -> Self {
-        Self::with(MemoryKeyStore::new(), KeyServerConfig::new(PROJECT, SECRET))
+        Self::with(MemoryKeyStore::new(), config())
     }
 
     fn with(store: MemoryKeyStore, config: KeyServerConfig) -> Self {
@@ -155,16 +163,16 @@ impl Api {
     }
 
     /// One request with exactly these headers and this raw body.
-    async fn raw(
+    async fn raw<N: AsRef<str>, V: AsRef<str>>(
         &self,
         method: Method,
         uri: &str,
-        headers: &[(&str, &str)],
+        headers: &[(N, V)],
         body: Option<&str>,
     ) -> Reply {
         let mut request = Request::builder().method(method.clone()).uri(uri);
         for (name, value) in headers {
-            request = request.header(*name, *value);
+            request = request.header(name.as_ref(), value.as_ref());
         }
         let request = request
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
@@ -184,12 +192,24 @@ impl Api {
 
     /// A request with server access, and `content-type: application/json` when there is a body.
     async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Reply {
+        self.call_as(Family::Stack, method, uri, body).await
+    }
+
+    /// [`Api::call`] with the access headers spelled as `family` spells them.
+    async fn call_as(
+        &self,
+        family: Family,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+    ) -> Reply {
         let mut headers = SERVER_AUTH.to_vec();
         let body = body.map(|b| b.to_string());
         if body.is_some() {
             headers.push(JSON_CT);
         }
-        self.raw(method, uri, &headers, body.as_deref()).await
+        self.raw(method, uri, &family.spell(&headers), body.as_deref())
+            .await
     }
 
     async fn ok(&self, method: Method, uri: &str, body: Option<Value>) -> Value {
@@ -223,7 +243,8 @@ impl Api {
     }
 }
 
-/// ref §1: "Every response carries `x-stack-request-id` and `cache-control: no-store, max-age=0`."
+/// ref §3: every response carries `cache-control: no-store, max-age=0` and a request id, under
+/// both names and equal.
 #[track_caller]
 fn assert_stack_headers(reply: &Reply) {
     assert_eq!(
@@ -239,6 +260,25 @@ fn assert_stack_headers(reply: &Reply) {
         "{}: x-stack-request-id missing",
         reply.what
     );
+    assert_eq!(
+        reply.header("x-hexclave-request-id"),
+        reply.header("x-stack-request-id"),
+        "{}: x-hexclave-request-id",
+        reply.what
+    );
+}
+
+/// A reply that is not an error has neither known-error header, and no actual status.
+#[track_caller]
+fn assert_no_error_headers(reply: &Reply) {
+    for name in [
+        "x-stack-known-error",
+        "x-hexclave-known-error",
+        "x-stack-actual-status",
+        "x-hexclave-actual-status",
+    ] {
+        assert_eq!(reply.header(name), None, "{}: {name}", reply.what);
+    }
 }
 
 #[track_caller]
@@ -258,20 +298,24 @@ fn assert_ok(reply: &Reply) -> Value {
         reply.what,
         reply.header("content-type")
     );
-    assert_eq!(
-        reply.header("x-stack-known-error"),
-        None,
-        "{}: a success carries no known error",
-        reply.what
-    );
+    assert_no_error_headers(reply);
     reply.json()
 }
 
-/// ref §3: status, `content-type: application/json; charset=utf-8`, `x-stack-known-error` equal
-/// to the body's `code`, and a body with `code` and `error` (never `message`).
+/// ref §5: status, `content-type: application/json; charset=utf-8`, the known-error header under
+/// both names equal to the body's `code`, and a body with `code` and `error` (never `message`).
 #[track_caller]
 fn assert_known(reply: &Reply, status: StatusCode, code: &str) -> Value {
     assert_eq!(reply.status, status, "{}: {}", reply.what, reply.text());
+    for name in ["x-stack-actual-status", "x-hexclave-actual-status"] {
+        assert_eq!(reply.header(name), None, "{}: {name}", reply.what);
+    }
+    assert_known_error_body(reply, code)
+}
+
+/// Everything [`assert_known`] checks but the status.
+#[track_caller]
+fn assert_known_error_body(reply: &Reply, code: &str) -> Value {
     assert_eq!(
         reply.header("content-type"),
         Some("application/json; charset=utf-8"),
@@ -282,6 +326,12 @@ fn assert_known(reply: &Reply, status: StatusCode, code: &str) -> Value {
         reply.header("x-stack-known-error"),
         Some(code),
         "{}: x-stack-known-error",
+        reply.what
+    );
+    assert_eq!(
+        reply.header("x-hexclave-known-error"),
+        Some(code),
+        "{}: x-hexclave-known-error",
         reply.what
     );
     let body = reply.json();
@@ -299,7 +349,7 @@ fn assert_known(reply: &Reply, status: StatusCode, code: &str) -> Value {
     body
 }
 
-/// ref §3: `SCHEMA_ERROR` carries `details.message`.
+/// ref §5: `SCHEMA_ERROR` carries `details.message`.
 #[track_caller]
 fn assert_schema_error(reply: &Reply) -> Value {
     let body = assert_known(reply, StatusCode::BAD_REQUEST, "SCHEMA_ERROR");
@@ -332,7 +382,7 @@ fn str_field<'a>(body: &'a Value, field: &str) -> &'a str {
 }
 
 /// What a Read body for a created key must be: the FirstView with `value` reduced to
-/// `{"last_four": …}` (ref §1, "Response shape").
+/// `{"last_four": …}` (ref §4, "Key object").
 fn read_view(first_view: &Value) -> Value {
     let key = str_field(first_view, "value");
     let mut read = first_view.clone();
@@ -344,7 +394,7 @@ fn read_view(first_view: &Value) -> Value {
 // Create, list, read, update
 // ---------------------------------------------------------------------------------------------
 
-/// ref §1 and §4: create answers 200 (not 201) with the FirstView, whose `value` is the whole
+/// ref §2 and §1: create answers 200 (not 201) with the FirstView, whose `value` is the whole
 /// 102-character key; unset timestamps are left out, not `null`.
 #[tokio::test]
 async fn create_answers_200_with_the_full_key() {
@@ -393,7 +443,7 @@ async fn create_answers_200_with_the_full_key() {
             );
         }
 
-        // is_public → pk_, and an expiry of 0 means never (ref §1, "Request bodies").
+        // is_public → pk_, and an expiry of 0 means never (ref §4, "Create").
         let public = api
             .ok(
                 Method::POST,
@@ -414,7 +464,7 @@ async fn create_answers_200_with_the_full_key() {
     }
 }
 
-/// ref §2 "List": `{items, is_paginated: false}`, newest first, `value` is `{last_four}` only,
+/// ref §2 and §4: `{items, is_paginated: false}`, newest first, `value` is `{last_four}` only,
 /// and only the named owner's keys.
 #[tokio::test]
 async fn list_is_newest_first_with_last_four_only() {
@@ -447,8 +497,9 @@ async fn list_is_newest_first_with_last_four_only() {
     }
 }
 
-/// ref §1: `GET …/{id}` answers the Read body (no secret); a key of another owner, of the
-/// other kind, or unknown is `API_KEY_NOT_FOUND`.
+/// ref §2, §4: `GET …/{id}` answers the key object (no secret); an unknown id, or a key of the
+/// other kind, is `API_KEY_NOT_FOUND` (for the other kind, Stack Auth itself fails with a 500;
+/// keygate answers 404). Another owner in the query is the next test's.
 #[tokio::test]
 async fn read_answers_the_key_without_its_secret() {
     let api = Api::new();
@@ -465,7 +516,6 @@ async fn read_answers_the_key_without_its_secret() {
         );
 
         for uri in [
-            kind.item(id, &new_owner()),
             kind.item(&Uuid::new_v4().to_string(), &owner),
             kind.other().item(id, &owner),
         ] {
@@ -479,7 +529,76 @@ async fn read_answers_the_key_without_its_secret() {
     }
 }
 
-/// ref §1 "Update": `PATCH {"description": …}` answers the updated Read body.
+/// ref §2: read and update look the key up by id alone. Another owner's id in the query is
+/// validated but not compared: the key is found, updated, and answered with its real owner. A
+/// query owner that is not a UUID is still `SCHEMA_ERROR`, and the user route does not need one.
+#[tokio::test]
+async fn read_and_update_by_id_ignore_the_owner_in_the_query() {
+    let api = Api::new();
+    for kind in KINDS {
+        let owner = new_owner();
+        let stranger = new_owner();
+        let created = api.create(kind, &owner, "found by id", Value::Null).await;
+        let id = str_field(&created, "id");
+
+        let read = api.read(kind, id, &stranger).await;
+        assert_eq!(read, read_view(&created), "{kind:?}: read");
+        assert_eq!(read[kind.owner_field], owner.as_str(), "{kind:?}: {read}");
+
+        let renamed = assert_ok(
+            &api.patch(
+                kind,
+                id,
+                &stranger,
+                json!({ "description": "renamed by id" }),
+            )
+            .await,
+        );
+        let mut expected = read_view(&created);
+        expected["description"] = json!("renamed by id");
+        assert_eq!(renamed, expected, "{kind:?}: update");
+        assert_eq!(renamed[kind.owner_field], owner.as_str(), "{kind:?}");
+
+        let revoked = assert_ok(
+            &api.patch(kind, id, &stranger, json!({ "revoked": true }))
+                .await,
+        );
+        assert!(
+            revoked["manually_revoked_at_millis"].is_i64(),
+            "{kind:?}: {revoked}"
+        );
+        // The owner's own view shows both changes, and the key is revoked for real.
+        assert_eq!(api.read(kind, id, &owner).await, revoked, "{kind:?}");
+        assert_known(
+            &api.check(kind, str_field(&created, "value")).await,
+            StatusCode::UNAUTHORIZED,
+            "API_KEY_REVOKED",
+        );
+        // Nothing moved to the stranger.
+        assert_eq!(api.list_len(kind, &stranger).await, 0, "{kind:?}");
+        assert_eq!(api.list_len(kind, &owner).await, 1, "{kind:?}");
+
+        // The query is still validated.
+        for (method, body) in [
+            (Method::GET, None),
+            (Method::PATCH, Some(json!({ "description": "nope" }))),
+        ] {
+            let reply = api.call(method, &kind.item(id, "not-a-uuid"), body).await;
+            assert_schema_error(&reply);
+        }
+    }
+    // `user_id` is optional on the user route (`team_id` is not; see below).
+    let owner = new_owner();
+    let created = api.create(USER, &owner, "no query", Value::Null).await;
+    let id = str_field(&created, "id");
+    let uri = format!("{}/{id}", USER.base);
+    assert_eq!(
+        assert_ok(&api.call(Method::GET, &uri, None).await),
+        read_view(&created)
+    );
+}
+
+/// ref §4 "Update": `PATCH {"description": …}` answers the updated Read body.
 #[tokio::test]
 async fn patch_updates_the_description() {
     let api = Api::new();
@@ -500,7 +619,7 @@ async fn patch_updates_the_description() {
     }
 }
 
-/// ref §1 "Update": `{"revoked": true}` sets `manually_revoked_at_millis`; a second revoke (or
+/// ref §4 "Update": `{"revoked": true}` sets `manually_revoked_at_millis`; a second revoke (or
 /// any later update) keeps the first timestamp.
 #[tokio::test]
 async fn revoking_sets_the_timestamp_once() {
@@ -546,7 +665,7 @@ async fn revoking_sets_the_timestamp_once() {
     }
 }
 
-/// ref §1 "Update": `revoked` is `oneOf([true])`, so `false` is `SCHEMA_ERROR`; any field other
+/// ref §4 "Update": `revoked` may only be `true`, so `false` is `SCHEMA_ERROR`; any field other
 /// than `description` and `revoked` is `SCHEMA_ERROR`. Nothing is applied.
 #[tokio::test]
 async fn patch_refuses_revoked_false_and_unknown_fields() {
@@ -578,7 +697,7 @@ async fn patch_refuses_revoked_false_and_unknown_fields() {
     }
 }
 
-/// ref §5 (no DELETE route): revocation is a PATCH; a DELETE is not routed and deletes nothing.
+/// ref §2 (no DELETE route): revocation is a PATCH; a DELETE is not routed and deletes nothing.
 #[tokio::test]
 async fn there_is_no_delete_route() {
     let api = Api::new();
@@ -596,7 +715,7 @@ async fn there_is_no_delete_route() {
 // Check
 // ---------------------------------------------------------------------------------------------
 
-/// ref §2: a valid key's check answers 200 with the Read body (no `is_valid`).
+/// ref §2 and §4: a valid key's check answers 200 with the key object (no `is_valid`).
 #[tokio::test]
 async fn check_of_a_valid_key_answers_the_read_body() {
     let api = Api::new();
@@ -632,7 +751,7 @@ async fn check_of_a_valid_key_answers_the_read_body() {
     }
 }
 
-/// ref §3: a revoked key's check is 401 `API_KEY_REVOKED`.
+/// ref §5: a revoked key's check is 401 `API_KEY_REVOKED`.
 #[tokio::test]
 async fn check_of_a_revoked_key_is_api_key_revoked() {
     let api = Api::new();
@@ -655,7 +774,7 @@ async fn check_of_a_revoked_key_is_api_key_revoked() {
     }
 }
 
-/// ref §3: a key created with an expiry in the past is 401 `API_KEY_EXPIRED`.
+/// ref §5: a key created with an expiry in the past is 401 `API_KEY_EXPIRED`.
 #[tokio::test]
 async fn check_of_an_expired_key_is_api_key_expired() {
     let api = Api::new();
@@ -673,7 +792,7 @@ async fn check_of_an_expired_key_is_api_key_expired() {
     }
 }
 
-/// ref §3 "Order inside check": revoked is tested before expired.
+/// ref §2 (check order): revoked is tested before expired.
 #[tokio::test]
 async fn a_revoked_and_expired_key_is_api_key_revoked() {
     let api = Api::new();
@@ -695,7 +814,7 @@ async fn a_revoked_and_expired_key_is_api_key_revoked() {
     }
 }
 
-/// ref §3: a key of the other kind is 400 `WRONG_API_KEY_TYPE` with `{expected_type,
+/// ref §5: a key of the other kind is 400 `WRONG_API_KEY_TYPE` with `{expected_type,
 /// actual_type}`, and wrong type is tested before revoked.
 #[tokio::test]
 async fn a_key_of_the_other_kind_is_wrong_api_key_type() {
@@ -733,7 +852,7 @@ async fn a_key_of_the_other_kind_is_wrong_api_key_type() {
     }
 }
 
-/// ref §3: whatever is not a stored key (unknown but well-formed, from another server, with a
+/// ref §1 and §5: whatever is not a stored key (unknown but well-formed, from another server, with a
 /// broken checksum, garbage) is 404 `API_KEY_NOT_FOUND`; a body without a string `api_key` is
 /// `SCHEMA_ERROR`.
 #[tokio::test]
@@ -785,7 +904,7 @@ async fn unknown_and_garbage_keys_are_api_key_not_found() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Authentication and access type (ref §1 "Request headers", §3)
+// Authentication and access type (ref §3, §5)
 // ---------------------------------------------------------------------------------------------
 
 /// A request to every route of `kind`, valid except perhaps for its headers.
@@ -807,6 +926,67 @@ fn routes(kind: Kind, id: &str, owner: &str, key: &str) -> Vec<(Method, String, 
     ]
 }
 
+/// How a request spells Stack Auth's request headers (ref §3).
+#[derive(Clone, Copy, Debug)]
+enum Family {
+    /// `x-stack-*` only (Stack's SDK up to 2.8.102, keygate's clients).
+    Stack,
+    /// `x-hexclave-*` only (Stack's SDK from 2.8.108).
+    Hexclave,
+    /// Both names, the `x-stack-*` value conflicting: the `x-hexclave-*` value must win.
+    HexclaveWins,
+    /// Some headers under one name, the others under the other.
+    Mixed,
+}
+
+const FAMILIES: [Family; 4] = [
+    Family::Stack,
+    Family::Hexclave,
+    Family::HexclaveWins,
+    Family::Mixed,
+];
+
+impl Family {
+    /// `headers`, written with `x-stack-*` names, as this family sends them.
+    fn spell(self, headers: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut spelled = Vec::new();
+        for (i, &(name, value)) in headers.iter().enumerate() {
+            let Some(suffix) = name.strip_prefix("x-stack-") else {
+                spelled.push((name.to_owned(), value.to_owned()));
+                continue;
+            };
+            let hexclave = format!("x-hexclave-{suffix}");
+            match self {
+                Family::Stack => spelled.push((name.to_owned(), value.to_owned())),
+                Family::Hexclave => spelled.push((hexclave, value.to_owned())),
+                Family::HexclaveWins => {
+                    spelled.push((name.to_owned(), decoy(name, value).to_owned()));
+                    spelled.push((hexclave, value.to_owned()));
+                }
+                Family::Mixed if i % 2 == 0 => spelled.push((hexclave, value.to_owned())),
+                Family::Mixed => spelled.push((name.to_owned(), value.to_owned())),
+            }
+        }
+        spelled
+    }
+}
+
+/// A value for the `x-stack-*` header `name` that would change the answer if it won over
+/// `value`.
+fn decoy(name: &str, value: &str) -> &'static str {
+    match (name, value) {
+        ("x-stack-access-type", "server") => "client",
+        ("x-stack-access-type", _) => "server",
+        ("x-stack-project-id", PROJECT) => OTHER_PROJECT,
+        ("x-stack-project-id", _) => PROJECT,
+        ("x-stack-secret-server-key", SECRET) => WRONG_SECRET,
+        ("x-stack-secret-server-key", _) => SECRET,
+        // Any other credential: present where it was empty, empty where it was present.
+        (_, "") => "pck_decoy_credential",
+        _ => "",
+    }
+}
+
 /// One way of getting server access wrong, and Stack Auth's answer to it.
 struct AuthCase {
     case: &'static str,
@@ -815,8 +995,8 @@ struct AuthCase {
     code: &'static str,
 }
 
-/// ref §1 "Request headers" and §3: every route of both kinds refuses anything but server
-/// access for this project with this secret, and does nothing.
+/// ref §3 and §5: every route of both kinds refuses anything but server access for this project
+/// with this secret, and does nothing, under every header family.
 #[tokio::test]
 async fn every_route_requires_server_access() {
     let api = Api::new();
@@ -831,11 +1011,32 @@ async fn every_route_requires_server_access() {
             code: "SERVER_AUTHENTICATION_REQUIRED",
         },
         AuthCase {
+            // As in Stack Auth, an empty header is no header.
+            case: "empty secret server key",
+            headers: &[
+                ("x-stack-access-type", "server"),
+                ("x-stack-project-id", PROJECT),
+                ("x-stack-secret-server-key", ""),
+            ],
+            status: StatusCode::UNAUTHORIZED,
+            code: "SERVER_AUTHENTICATION_REQUIRED",
+        },
+        AuthCase {
             case: "wrong secret server key",
             headers: &[
                 ("x-stack-access-type", "server"),
                 ("x-stack-project-id", PROJECT),
-                ("x-stack-secret-server-key", "ssk_wrong"),
+                ("x-stack-secret-server-key", WRONG_SECRET),
+            ],
+            status: StatusCode::UNAUTHORIZED,
+            code: "INVALID_SECRET_SERVER_KEY",
+        },
+        AuthCase {
+            case: "the secret server key cut short",
+            headers: &[
+                ("x-stack-access-type", "server"),
+                ("x-stack-project-id", PROJECT),
+                ("x-stack-secret-server-key", "ssk_keygate_conformance"),
             ],
             status: StatusCode::UNAUTHORIZED,
             code: "INVALID_SECRET_SERVER_KEY",
@@ -844,7 +1045,7 @@ async fn every_route_requires_server_access() {
             case: "another project",
             headers: &[
                 ("x-stack-access-type", "server"),
-                ("x-stack-project-id", "00000000-0000-4000-8000-000000000000"),
+                ("x-stack-project-id", OTHER_PROJECT),
                 ("x-stack-secret-server-key", SECRET),
             ],
             status: StatusCode::BAD_REQUEST,
@@ -885,36 +1086,57 @@ async fn every_route_requires_server_access() {
         let created = api.create(kind, &owner, "guarded", Value::Null).await;
         let id = str_field(&created, "id");
         let key = str_field(&created, "value");
-        for AuthCase {
-            case,
-            headers,
-            status,
-            code,
-        } in &cases
-        {
-            for (method, uri, body) in routes(kind, id, &owner, key) {
-                let mut headers = headers.to_vec();
-                let body = body.map(|b| b.to_string());
-                if body.is_some() {
-                    headers.push(JSON_CT);
-                }
-                let reply = api
-                    .raw(method.clone(), &uri, &headers, body.as_deref())
-                    .await;
-                let error = assert_known(&reply, *status, code);
-                match *code {
-                    "INVALID_SECRET_SERVER_KEY" => {
-                        assert_eq!(error["details"]["project_id"], PROJECT, "{case}: {error}");
+        for family in FAMILIES {
+            for AuthCase {
+                case,
+                headers,
+                status,
+                code,
+            } in &cases
+            {
+                for (method, uri, body) in routes(kind, id, &owner, key) {
+                    let mut headers = headers.to_vec();
+                    let body = body.map(|b| b.to_string());
+                    if body.is_some() {
+                        headers.push(JSON_CT);
                     }
-                    "INSUFFICIENT_ACCESS_TYPE" => {
-                        assert_eq!(
-                            error["details"]["actual_access_type"], "client",
-                            "{case}: {error}"
+                    let reply = api
+                        .raw(
+                            method.clone(),
+                            &uri,
+                            &family.spell(&headers),
+                            body.as_deref(),
+                        )
+                        .await;
+                    let error = assert_known(&reply, *status, code);
+                    match *code {
+                        "INVALID_SECRET_SERVER_KEY" => {
+                            assert_eq!(
+                                error["details"]["project_id"], PROJECT,
+                                "{family:?} {case}: {error}"
+                            );
+                        }
+                        "INSUFFICIENT_ACCESS_TYPE" => {
+                            assert_eq!(
+                                error["details"]["actual_access_type"], "client",
+                                "{family:?} {case}: {error}"
+                            );
+                        }
+                        "CURRENT_PROJECT_NOT_FOUND" => {
+                            assert_eq!(
+                                error["details"]["project_id"], OTHER_PROJECT,
+                                "{family:?} {case}: {error}"
+                            );
+                        }
+                        _ => {}
+                    }
+                    for secret in [SECRET, WRONG_SECRET] {
+                        assert!(
+                            !reply.text().contains(secret),
+                            "{family:?} {case}: secret echoed"
                         );
                     }
-                    _ => {}
                 }
-                assert!(!reply.text().contains(SECRET), "{case}: secret echoed");
             }
         }
         // None of the refused requests did anything.
@@ -927,57 +1149,264 @@ async fn every_route_requires_server_access() {
     }
 }
 
-/// Without any access header at all, Stack Auth answers `ACCESS_TYPE_REQUIRED` (the auth object
-/// is null and the route requires one).
+/// ref §3: server access is admitted under either header family, with both (the `x-hexclave-*`
+/// value winning over a wrong `x-stack-*` one), and mixed; every route works.
 #[tokio::test]
-async fn no_access_headers_is_access_type_required() {
+async fn server_access_is_admitted_under_every_header_family() {
     let api = Api::new();
-    for kind in KINDS {
-        let owner = new_owner();
-        let created = api.create(kind, &owner, "guarded", Value::Null).await;
-        let id = str_field(&created, "id");
-        for (method, uri, body) in routes(kind, id, &owner, str_field(&created, "value")) {
-            let body = body.map(|b| b.to_string());
-            let headers: &[(&str, &str)] = if body.is_some() { &[JSON_CT] } else { &[] };
-            let reply = api.raw(method, &uri, headers, body.as_deref()).await;
-            assert_known(&reply, StatusCode::BAD_REQUEST, "ACCESS_TYPE_REQUIRED");
-        }
-    }
-}
+    for family in FAMILIES {
+        for kind in KINDS {
+            let owner = new_owner();
+            let body = kind.create_body(&owner, "family", Value::Null, json!({}));
+            let created = assert_ok(
+                &api.call_as(family, Method::POST, kind.base, Some(body))
+                    .await,
+            );
+            let id = str_field(&created, "id");
+            let key = str_field(&created, "value");
+            assert_eq!(created[kind.owner_field], owner.as_str(), "{family:?}");
 
-/// ref §1 "Request headers": "`x-stack-access-type` … A key sent without it gives 400
-/// `PROJECT_KEY_WITHOUT_ACCESS_TYPE`." (Stack's `smart-request.tsx` `parseAuth` throws
-/// `ProjectKeyWithoutAccessType` when any project key header is present but the access type is
-/// not, before anything else.)
-// A project key sent without an access type: Stack Auth's `PROJECT_KEY_WITHOUT_ACCESS_TYPE`.
-#[tokio::test]
-async fn a_server_key_without_access_type_is_project_key_without_access_type() {
-    let api = Api::new();
-    for kind in KINDS {
-        let owner = new_owner();
-        let created = api.create(kind, &owner, "guarded", Value::Null).await;
-        let id = str_field(&created, "id");
-        for (method, uri, body) in routes(kind, id, &owner, str_field(&created, "value")) {
-            let body = body.map(|b| b.to_string());
-            let mut headers = vec![
-                ("x-stack-project-id", PROJECT),
-                ("x-stack-secret-server-key", SECRET),
-            ];
-            if body.is_some() {
-                headers.push(JSON_CT);
-            }
-            let reply = api.raw(method, &uri, &headers, body.as_deref()).await;
+            let list = assert_ok(
+                &api.call_as(family, Method::GET, &kind.list(&owner), None)
+                    .await,
+            );
+            assert_eq!(list["items"], json!([read_view(&created)]), "{family:?}");
+            let read = assert_ok(
+                &api.call_as(family, Method::GET, &kind.item(id, &owner), None)
+                    .await,
+            );
+            assert_eq!(read, read_view(&created), "{family:?}");
+            let check = json!({ "api_key": key });
+            let checked = assert_ok(
+                &api.call_as(family, Method::POST, &kind.check(), Some(check.clone()))
+                    .await,
+            );
+            assert_eq!(checked, read_view(&created), "{family:?}");
+            let revoke = json!({ "revoked": true });
+            let revoked = assert_ok(
+                &api.call_as(family, Method::PATCH, &kind.item(id, &owner), Some(revoke))
+                    .await,
+            );
+            assert!(revoked["manually_revoked_at_millis"].is_i64(), "{revoked}");
             assert_known(
-                &reply,
-                StatusCode::BAD_REQUEST,
-                "PROJECT_KEY_WITHOUT_ACCESS_TYPE",
+                &api.call_as(family, Method::POST, &kind.check(), Some(check))
+                    .await,
+                StatusCode::UNAUTHORIZED,
+                "API_KEY_REVOKED",
             );
         }
     }
 }
 
+/// Without any access header at all, Stack Auth answers `ACCESS_TYPE_REQUIRED` (the auth object
+/// is null and the route requires one). An empty credential header counts as absent.
+#[tokio::test]
+async fn no_access_headers_is_access_type_required() {
+    let api = Api::new();
+    let cases: [&[(&str, &str)]; 2] = [&[], &[("x-stack-secret-server-key", "")]];
+    for kind in KINDS {
+        let owner = new_owner();
+        let created = api.create(kind, &owner, "guarded", Value::Null).await;
+        let id = str_field(&created, "id");
+        for family in FAMILIES {
+            for case in cases {
+                for (method, uri, body) in routes(kind, id, &owner, str_field(&created, "value")) {
+                    let body = body.map(|b| b.to_string());
+                    let mut headers = case.to_vec();
+                    if body.is_some() {
+                        headers.push(JSON_CT);
+                    }
+                    let reply = api
+                        .raw(method, &uri, &family.spell(&headers), body.as_deref())
+                        .await;
+                    assert_known(&reply, StatusCode::BAD_REQUEST, "ACCESS_TYPE_REQUIRED");
+                }
+            }
+        }
+    }
+}
+
+/// ref §3: a credential header (a project key or an admin token, under either name) without an
+/// access type is `PROJECT_KEY_WITHOUT_ACCESS_TYPE`, before anything else; an empty access type
+/// counts as none.
+#[tokio::test]
+async fn a_credential_without_access_type_is_project_key_without_access_type() {
+    let api = Api::new();
+    let credentials = [
+        ("x-stack-secret-server-key", SECRET),
+        ("x-stack-publishable-client-key", "pck_keygate_conformance"),
+        ("x-stack-super-secret-admin-key", "sak_keygate_conformance"),
+        (
+            "x-stack-admin-access-token",
+            "eyJhbGciOiJIUzI1NiJ9.e30.c2ln",
+        ),
+    ];
+    for kind in KINDS {
+        let owner = new_owner();
+        let created = api.create(kind, &owner, "guarded", Value::Null).await;
+        let id = str_field(&created, "id");
+        for family in FAMILIES {
+            for credential in credentials {
+                for access_type in [None, Some("")] {
+                    for (method, uri, body) in
+                        routes(kind, id, &owner, str_field(&created, "value"))
+                    {
+                        let body = body.map(|b| b.to_string());
+                        let mut headers = vec![("x-stack-project-id", PROJECT), credential];
+                        if let Some(access_type) = access_type {
+                            headers.push(("x-stack-access-type", access_type));
+                        }
+                        if body.is_some() {
+                            headers.push(JSON_CT);
+                        }
+                        let reply = api
+                            .raw(method, &uri, &family.spell(&headers), body.as_deref())
+                            .await;
+                        assert_known(
+                            &reply,
+                            StatusCode::BAD_REQUEST,
+                            "PROJECT_KEY_WITHOUT_ACCESS_TYPE",
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            api.list_len(kind, &owner).await,
+            1,
+            "{kind:?}: nothing created"
+        );
+    }
+}
+
+/// Issue 9, defect 3: a key server whose secret server key is empty admitted everyone (an empty
+/// `STACK_SECRET_SERVER_KEY=` did it to the example). A config that would admit everyone, or
+/// anyone who guesses a short secret, or that names no project, is refused when it is built.
+#[test]
+fn a_config_with_an_empty_or_short_secret_is_refused() {
+    assert_eq!(KeyServerConfig::MIN_SECRET_SERVER_KEY_LEN, 16);
+    let refused = [
+        (PROJECT, "", KeyServerConfigError::EmptySecretServerKey),
+        (PROJECT, "   ", KeyServerConfigError::EmptySecretServerKey),
+        (
+            PROJECT,
+            "ssk_",
+            KeyServerConfigError::SecretServerKeyTooShort { min: 16 },
+        ),
+        (
+            PROJECT,
+            "0123456789abcde",
+            KeyServerConfigError::SecretServerKeyTooShort { min: 16 },
+        ),
+        (
+            PROJECT,
+            "ssk_keygate_conformance\n",
+            KeyServerConfigError::UnsendableSecretServerKey,
+        ),
+        ("", SECRET, KeyServerConfigError::EmptyProjectId),
+    ];
+    for (project, secret, expected) in refused {
+        let error = KeyServerConfig::new(project, secret)
+            .err()
+            .unwrap_or_else(|| panic!("{project:?} / {secret:?} must be refused"));
+        assert_eq!(error, expected, "{project:?} / {secret:?}");
+        assert!(!error.to_string().is_empty());
+    }
+    assert!(KeyServerConfig::new(PROJECT, "0123456789abcdef").is_ok());
+    assert!(KeyServerConfig::new(PROJECT, SECRET).is_ok());
+}
+
+/// ref §3: with the override-error-status header (under either name, as Stack's SDK sends it),
+/// every 4xx is answered 200 with the real status in the actual-status header under both names;
+/// body and known-error headers are unchanged. A success is left alone.
+#[tokio::test]
+async fn override_error_status_answers_every_4xx_as_200() {
+    for name in [
+        "x-stack-override-error-status",
+        "x-hexclave-override-error-status",
+    ] {
+        for kind in KINDS {
+            let config = match kind.kind {
+                KeyKind::User => config().team_keys(false),
+                _ => config().user_keys(false),
+            };
+            let api = Api::with(MemoryKeyStore::new(), config);
+            let with = |headers: &[(&'static str, &'static str)]| {
+                let mut headers = headers.to_vec();
+                headers.extend([JSON_CT, (name, "true")]);
+                headers
+            };
+            let auth = with(&SERVER_AUTH);
+            let owner = new_owner();
+
+            let body = kind.create_body(&owner, "overridden", Value::Null, json!({}));
+            let reply = api
+                .raw(Method::POST, kind.base, &auth, Some(&body.to_string()))
+                .await;
+            let created = assert_ok(&reply);
+
+            let unknown = json!({ "api_key": "not-a-key" }).to_string();
+            let reply = api
+                .raw(Method::POST, &kind.check(), &auth, Some(&unknown))
+                .await;
+            assert_overridden(&reply, StatusCode::NOT_FOUND);
+            assert_known_error_body(&reply, "API_KEY_NOT_FOUND");
+
+            let reply = api
+                .raw(Method::POST, &kind.check(), &auth, Some("{}"))
+                .await;
+            assert_overridden(&reply, StatusCode::BAD_REQUEST);
+            assert_known_error_body(&reply, "SCHEMA_ERROR");
+
+            let wrong = with(&[
+                ("x-stack-access-type", "server"),
+                ("x-stack-project-id", PROJECT),
+                ("x-stack-secret-server-key", WRONG_SECRET),
+            ]);
+            let reply = api.raw(Method::GET, &kind.list(&owner), &wrong, None).await;
+            assert_overridden(&reply, StatusCode::UNAUTHORIZED);
+            assert_known_error_body(&reply, "INVALID_SECRET_SERVER_KEY");
+
+            // The other kind is disabled: a plain-text 400, overridden too.
+            let other = kind.other();
+            let reply = api.raw(Method::GET, &other.list(&owner), &auth, None).await;
+            assert_overridden(&reply, StatusCode::BAD_REQUEST);
+            assert_eq!(reply.text(), other.disabled, "{}", reply.what);
+            assert_eq!(reply.header("x-stack-known-error"), None);
+            assert_eq!(reply.header("x-hexclave-known-error"), None);
+
+            // Nothing changed but the status: the key is still there and valid.
+            let check = json!({ "api_key": str_field(&created, "value") }).to_string();
+            let reply = api
+                .raw(Method::POST, &kind.check(), &auth, Some(&check))
+                .await;
+            assert_eq!(assert_ok(&reply), read_view(&created));
+        }
+    }
+}
+
+/// A 4xx answered as 200 because the request asked for it: the real status under both names.
+#[track_caller]
+fn assert_overridden(reply: &Reply, actual: StatusCode) {
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}: {}",
+        reply.what,
+        reply.text()
+    );
+    for name in ["x-stack-actual-status", "x-hexclave-actual-status"] {
+        assert_eq!(
+            reply.header(name),
+            Some(actual.as_str()),
+            "{}: {name}",
+            reply.what
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
-// Feature switch (ref §3, §7)
+// Feature switch (ref §5)
 // ---------------------------------------------------------------------------------------------
 
 /// A disabled kind answers Stack Auth's plain-text 400 on every route, even for a stored, valid
@@ -991,7 +1420,7 @@ async fn a_disabled_kind_answers_plain_text_400() {
             .create(kind.owner(&owner), NewKey::new("stored before"))
             .await
             .expect("create");
-        let config = KeyServerConfig::new(PROJECT, SECRET);
+        let config = config();
         let config = match kind.kind {
             KeyKind::User => config.user_keys(false),
             _ => config.team_keys(false),
@@ -1010,7 +1439,7 @@ async fn a_disabled_kind_answers_plain_text_400() {
                 reply.what,
                 reply.header("content-type")
             );
-            assert_eq!(reply.header("x-stack-known-error"), None, "{}", reply.what);
+            assert_no_error_headers(&reply);
             assert_eq!(reply.text(), kind.disabled, "{}", reply.what);
         }
 
@@ -1023,11 +1452,11 @@ async fn a_disabled_kind_answers_plain_text_400() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Schema errors (ref §1, §2)
+// Schema errors (ref §2, §3, §4)
 // ---------------------------------------------------------------------------------------------
 
-/// ref §2: "If `user_id` is missing, even with server access, the response is 400
-/// `SCHEMA_ERROR`"; the same for `team_id`.
+/// ref §2: a list without `user_id` is 400 `SCHEMA_ERROR`, even with server access; the same
+/// for `team_id`.
 #[tokio::test]
 async fn list_without_the_owner_is_schema_error() {
     let api = Api::new();
@@ -1042,8 +1471,8 @@ async fn list_without_the_owner_is_schema_error() {
     }
 }
 
-/// ref §1: the team `querySchema` (`team_id … defined()`) applies to every CRUD operation on
-/// team keys, so read and update without `team_id` are `SCHEMA_ERROR`.
+/// ref §2: `team_id` is required on every team route, so read and update without it are
+/// `SCHEMA_ERROR`.
 #[tokio::test]
 async fn team_read_and_update_without_team_id_are_schema_error() {
     let api = Api::new();
@@ -1064,8 +1493,8 @@ async fn team_read_and_update_without_team_id_are_schema_error() {
     );
 }
 
-/// ref §1 "content-type: application/json … Required whenever there is a body. With no
-/// content-type the body is treated as absent, which gives `SCHEMA_ERROR`."
+/// ref §3: `content-type: application/json` is required with a body; without it the body counts
+/// as absent, which is `SCHEMA_ERROR`.
 #[tokio::test]
 async fn a_body_without_content_type_is_schema_error() {
     let api = Api::new();
@@ -1089,7 +1518,7 @@ async fn a_body_without_content_type_is_schema_error() {
     }
 }
 
-/// ref §1 "Create": `description` is required, `expires_at_millis` must be present (`null` for
+/// ref §4 "Create": `description` is required, `expires_at_millis` must be present (`null` for
 /// never), the owner is required, and there is no `prefix` (or any other) field.
 #[tokio::test]
 async fn create_refuses_incomplete_or_unknown_fields() {
@@ -1128,14 +1557,15 @@ async fn create_refuses_incomplete_or_unknown_fields() {
     }
 }
 
-/// ref §1: every response has its own `x-stack-request-id`.
+/// ref §3: every response has its own request id (the same under both names, which every
+/// reply is checked for).
 #[tokio::test]
 async fn request_ids_differ_between_requests() {
     let api = Api::new();
     let first = api.call(Method::GET, &USER.list(&new_owner()), None).await;
     let second = api.call(Method::GET, &USER.list(&new_owner()), None).await;
-    assert_ne!(
-        first.header("x-stack-request-id"),
-        second.header("x-stack-request-id")
-    );
+    for name in ["x-stack-request-id", "x-hexclave-request-id"] {
+        assert!(first.header(name).is_some(), "{name}");
+        assert_ne!(first.header(name), second.header(name), "{name}");
+    }
 }
