@@ -5,7 +5,7 @@
 //! ```
 //!
 //! `STACK_PROJECT_ID` and `STACK_SECRET_SERVER_KEY` set the credentials callers must present
-//! (defaults: `local-project`, `ssk_local_development_key`); an empty or short secret (under 16
+//! (defaults: `7f3c2a10-5b4e-4d6a-9c8b-1e2f3a4b5c6d`, `ssk_local_development_key`); an empty or short secret (under 16
 //! characters) stops the example with a message. The start-up lines print curl commands that
 //! create a key and check it. Requests may use Stack Auth's `x-stack-*` header names or
 //! Hexclave's `x-hexclave-*` ones.
@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = env("PORT", "8102")
         .parse()
         .map_err(|_| "PORT is not a port")?;
-    let project = env("STACK_PROJECT_ID", "local-project");
+    let project = env("STACK_PROJECT_ID", "7f3c2a10-5b4e-4d6a-9c8b-1e2f3a4b5c6d");
     let secret = env("STACK_SECRET_SERVER_KEY", "ssk_local_development_key");
 
     // An empty or short secret would let (nearly) anyone in: refuse to start.
