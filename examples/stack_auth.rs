@@ -1,11 +1,12 @@
-//! An axum server whose keys are checked by Stack Auth (feature `stack-auth`).
+//! An axum server whose keys are checked by Stack Auth (now Hexclave), feature `stack-auth`.
 //!
 //! ```text
 //! STACK_PROJECT_ID=… STACK_SECRET_SERVER_KEY=… cargo run --example stack_auth --features stack-auth
 //! ```
 //!
 //! Reads `STACK_API_URL` (default `https://api.stack-auth.com`), `STACK_PROJECT_ID`,
-//! `STACK_SECRET_SERVER_KEY` and `PORT` (default 3000); listens on 127.0.0.1 and serves
+//! `STACK_SECRET_SERVER_KEY` (or their `HEXCLAVE_*` twins, which win when both are set) and
+//! `PORT` (default 3000); listens on 127.0.0.1 and serves
 //! `GET /health` (open), `GET /me` (user keys → `{"user_id", "key_id"}`) and `GET /team`
 //! (team keys → `{"team_id", "key_id"}`), both behind a cached `StackAuthVerifier`. When Stack
 //! Auth cannot answer, the guarded routes answer 503 with `Retry-After`.

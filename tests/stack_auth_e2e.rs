@@ -585,6 +585,46 @@ async fn disabled_user_keys_upstream_is_503() {
     assert_eq!(env.checks(), 3);
 }
 
+/// Regression (issue 9, defect 2): a key server without keys of one kind answers every fresh
+/// key of that kind (anyone can mint them) with the plain-text 400. Past the breaker's default
+/// threshold of five, a valid, uncached key of the other kind is still valid: each check route
+/// has its own breaker, and a misconfiguration is not an outage.
+#[tokio::test]
+async fn keys_of_a_disabled_kind_never_refuse_keys_of_the_other_kind() {
+    for disabled in KINDS {
+        let enabled = if disabled.kind == KeyKind::User {
+            TEAM
+        } else {
+            USER
+        };
+        let server = KeyServerConfig::new(PROJECT, SECRET);
+        let server = match disabled.kind {
+            KeyKind::User => server.user_keys(false),
+            _ => server.team_keys(false),
+        };
+        let env = Env::with(server, SECRET).await;
+        let owner = enabled.new_owner();
+        let valid = create(&env.admin, &owner, NewKey::new("other kind")).await;
+
+        for n in 1..=8 {
+            let reply = env
+                .get("/any", disabled.unknown_key().expose_secret())
+                .await;
+            assert_unavailable(&reply);
+            assert_eq!(env.checks(), n, "{disabled:?} key {n} was checked upstream");
+        }
+        let reply = env.get("/any", valid.key.expose_secret()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{disabled:?} disabled: {reply:?}"
+        );
+        assert_eq!(reply.body["owner_id"], owner.id(), "{reply:?}");
+        assert_eq!(reply.body["kind"], enabled.kind.as_str(), "{reply:?}");
+        assert_eq!(env.checks(), 9);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Concurrency: single flight over real HTTP
 // ---------------------------------------------------------------------------------------------

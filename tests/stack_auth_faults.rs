@@ -28,9 +28,11 @@ use axum::routing::get;
 use axum::Router;
 use http_body_util::BodyExt;
 use keygate::key::{ApiKey, Deployment, KeyKind};
-use keygate::stack_auth::{StackAuthConfig, StackAuthVerifier, StackAuthVerifierBuilder};
+use keygate::stack_auth::{
+    StackAuthClient, StackAuthConfig, StackAuthError, StackAuthVerifier, StackAuthVerifierBuilder,
+};
 use keygate::verify::{KeyVerifier, VerifyError, VerifyErrorKind};
-use keygate::{AuthenticatedUser, CachedVerifier, RequireApiKey, Verdict};
+use keygate::{AuthenticatedUser, CachedVerifier, Owner, RequireApiKey, Verdict};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -68,6 +70,9 @@ enum Script {
     PlainToTls,
     /// Connection `n` (from 0, in accept order) gets script `n`; later ones get the last.
     Each(Arc<[Script]>),
+    /// The request's path decides: the script of the first prefix it starts with (`Silent` if
+    /// none). Only `Reply`, `Silent` and `ResetAfter` may be chosen this way.
+    ByPath(Arc<[(&'static str, Script)]>),
 }
 
 /// One request as the upstream read it.
@@ -165,13 +170,22 @@ async fn serve(
     let Some(request) = read_request(&mut stream).await? else {
         return Ok(());
     };
+    let script = match script {
+        Script::ByPath(routes) => routes
+            .iter()
+            .find(|(prefix, _)| request.path.starts_with(prefix))
+            .map_or(Script::Silent, |(_, script)| script.clone()),
+        other => other,
+    };
     requests
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .push(request);
     calls.fetch_add(1, Ordering::SeqCst);
     match script {
-        Script::Refused | Script::PlainToTls | Script::Each(_) => unreachable!("handled above"),
+        Script::Refused | Script::PlainToTls | Script::Each(_) | Script::ByPath(_) => {
+            unreachable!("handled above")
+        }
         Script::Reply { delay, bytes } => {
             tokio::time::sleep(delay).await;
             stream.write_all(&bytes).await?;
@@ -1292,4 +1306,505 @@ async fn default_client_ignores_the_environments_proxy() {
         "the check went straight to Stack Auth"
     );
     assert!(stdout.contains("proxy probe child: 200"), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// One breaker per check route
+// ---------------------------------------------------------------------------------------------
+
+const TEAM_CHECK_PATH: &str = "/api/v1/team-api-keys/check";
+
+/// A well-formed key of `kind` that no server ever issued.
+fn fresh_key(kind: KeyKind) -> ApiKey {
+    ApiKey::generate(Uuid::new_v4(), kind, false, Deployment::SelfHosted).expect("OS RNG")
+}
+
+/// Stack Auth's Read body for `key`, owned by `owner`.
+fn key_object_of(key: &ApiKey, owner: &str) -> Value {
+    let (kind, owner_field) = match key.kind() {
+        KeyKind::User => ("user", "user_id"),
+        _ => ("team", "team_id"),
+    };
+    json!({
+        "id": key.key_id().to_string(),
+        "description": "breaker",
+        "created_at_millis": 1_745_000_000_000_i64,
+        "is_public": false,
+        "value": { "last_four": key.last_four() },
+        "type": kind,
+        owner_field: owner,
+    })
+}
+
+fn check_path(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::User => CHECK_PATH,
+        _ => TEAM_CHECK_PATH,
+    }
+}
+
+fn other(kind: KeyKind) -> KeyKind {
+    match kind {
+        KeyKind::User => KeyKind::Team,
+        _ => KeyKind::User,
+    }
+}
+
+#[track_caller]
+fn assert_error(result: &Result<Verdict, VerifyError>, kind: VerifyErrorKind, context: &str) {
+    match result {
+        Err(e) if e.kind() == kind => {}
+        other => panic!("{context}: expected {kind:?}, got {other:?}"),
+    }
+}
+
+/// Regression (issue 9, defect 2): the check route of `broken` keys keeps failing with
+/// `failure`; fresh keys of that kind get `expected`, one per key. Keys of the other kind are
+/// still checked and valid.
+async fn one_route_down(broken: KeyKind, failure: Script, expected: &[VerifyErrorKind]) {
+    let good = other(broken);
+    let good_key = fresh_key(good);
+    let good_object = key_object_of(&good_key, "owner-1");
+    let upstream = Upstream::start(Script::ByPath(
+        vec![
+            (check_path(broken), failure),
+            (check_path(good), json_reply(200, &good_object)),
+        ]
+        .into(),
+    ))
+    .await;
+    let verifier = verifier(upstream.base_url())
+        .max_retries(0)
+        .circuit_breaker(5, Duration::from_secs(30))
+        .build()
+        .expect("verifier");
+
+    // Anyone can mint well-formed keys of the broken kind.
+    for (n, &kind) in expected.iter().enumerate() {
+        let result = verifier.verify(&fresh_key(broken)).await;
+        assert_error(&result, kind, &format!("{broken:?} key {n}"));
+    }
+    let calls = upstream.calls();
+    let good_answer = verifier.verify(&good_key).await;
+    match &good_answer {
+        Ok(Verdict::Valid(info)) => assert_eq!(info.key_id, good_key.key_id()),
+        other => panic!("a valid uncached {good:?} key after {broken:?} failures: {other:?}"),
+    }
+    assert_eq!(upstream.calls(), calls + 1, "the {good:?} key was checked");
+    let paths: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths.last().map(String::as_str), Some(check_path(good)));
+}
+
+#[tokio::test]
+async fn an_outage_of_one_route_never_refuses_keys_of_the_other_kind() {
+    let boom = reply(500, &[("content-type", "text/plain")], "boom");
+    // Five failures open that route's breaker; the sixth key is refused at once.
+    let mut expected = [VerifyErrorKind::Upstream; 6];
+    expected[5] = VerifyErrorKind::CircuitOpen;
+    one_route_down(KeyKind::Team, boom.clone(), &expected).await;
+    one_route_down(KeyKind::User, boom, &expected).await;
+}
+
+/// Regression (issue 9, defect 2): a project without team keys answers Stack Auth's plain-text
+/// 400 to every team key. That is a misconfiguration, never an outage: after any number of
+/// them, a valid uncached user key is valid (and the reverse).
+#[tokio::test]
+async fn a_kind_that_is_not_enabled_never_refuses_keys_of_the_other_kind() {
+    for (broken, text) in [
+        (
+            KeyKind::Team,
+            "Team API keys are not enabled for this project.",
+        ),
+        (
+            KeyKind::User,
+            "User API keys are not enabled for this project.",
+        ),
+    ] {
+        let disabled = reply(400, &[("content-type", "text/plain; charset=utf-8")], text);
+        let expected = [VerifyErrorKind::Misconfigured; 6];
+        one_route_down(broken, disabled, &expected).await;
+    }
+}
+
+/// Misconfiguration answers do not count against their own route's breaker either: each one
+/// is asked (and answered precisely), however many there are; an outage then opens it.
+#[tokio::test]
+async fn misconfiguration_does_not_open_the_breaker() {
+    let f = Fixture::new();
+    let upstream = Upstream::start(Script::Each(
+        vec![
+            known_error(
+                401,
+                "INVALID_SECRET_SERVER_KEY",
+                "The secret server key is not valid for this project.",
+            ),
+            known_error(
+                401,
+                "INVALID_SECRET_SERVER_KEY",
+                "The secret server key is not valid for this project.",
+            ),
+            known_error(
+                401,
+                "INVALID_SECRET_SERVER_KEY",
+                "The secret server key is not valid for this project.",
+            ),
+            reply(500, &[("content-type", "text/plain")], "boom"),
+        ]
+        .into(),
+    ))
+    .await;
+    let verifier = verifier(upstream.base_url())
+        .max_retries(0)
+        .circuit_breaker(2, Duration::from_secs(30))
+        .build()
+        .expect("verifier");
+    for n in 1..=3 {
+        let result = verifier.verify(&f.key).await;
+        assert_error(
+            &result,
+            VerifyErrorKind::Misconfigured,
+            &format!("call {n}"),
+        );
+        assert_eq!(upstream.calls(), n, "call {n} reached the upstream");
+    }
+    for n in 4..=5 {
+        let result = verifier.verify(&f.key).await;
+        assert_error(&result, VerifyErrorKind::Upstream, &format!("call {n}"));
+    }
+    let result = verifier.verify(&f.key).await;
+    assert_error(
+        &result,
+        VerifyErrorKind::CircuitOpen,
+        "two outages in a row",
+    );
+    assert_eq!(upstream.calls(), 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retry-After as an HTTP date
+// ---------------------------------------------------------------------------------------------
+
+/// Regression (issue 9): an upstream `Retry-After` given as an HTTP date is honoured.
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_passed_on() {
+    let f = Fixture::new();
+    let in_a_minute =
+        httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+    let upstream = Upstream::start(reply(
+        429,
+        &[
+            ("content-type", "text/plain"),
+            ("retry-after", &in_a_minute),
+        ],
+        "slow down",
+    ))
+    .await;
+    let gate = Gate::new(verifier(upstream.base_url()), &f.key);
+    let answer = gate.send().await;
+    let secs = assert_unavailable("429 with an HTTP-date Retry-After", &answer);
+    // The date has a one-second resolution, and some time passes on the way.
+    assert!((55..=60).contains(&secs), "Retry-After {secs}");
+    assert_eq!(upstream.calls(), 1, "a minute does not fit in the deadline");
+
+    // A date that has passed says nothing: the verifier's own backoff applies.
+    let a_minute_ago =
+        httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(60));
+    let case = Case::new(
+        "503 Retry-After: a date that has passed",
+        reply(
+            503,
+            &[
+                ("content-type", "text/plain"),
+                ("retry-after", &a_minute_ago),
+            ],
+            "later",
+        ),
+        Outcome::Unavailable,
+        Calls::Exactly(MAX_ATTEMPTS),
+    );
+    run_case(&f, &case).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Duration::MAX in every knob
+// ---------------------------------------------------------------------------------------------
+
+/// A change to the verifier's settings.
+type Knob = fn(StackAuthVerifierBuilder) -> StackAuthVerifierBuilder;
+
+/// Regression (issue 9): `Duration::MAX` in any duration knob neither panics nor overflows.
+#[tokio::test]
+async fn duration_max_in_every_knob_saturates() {
+    let f = Fixture::new();
+    let ok = json_reply(200, &f.key_object());
+    let boom = reply(500, &[("content-type", "text/plain")], "boom");
+
+    let knobs: [(&str, Knob); 3] = [
+        ("attempt_timeout", |b| b.attempt_timeout(Duration::MAX)),
+        ("deadline", |b| b.deadline(Duration::MAX)),
+        ("attempt_timeout and deadline", |b| {
+            b.attempt_timeout(Duration::MAX).deadline(Duration::MAX)
+        }),
+    ];
+    for (name, knob) in knobs {
+        // A valid answer, and a retried 500 followed by one.
+        for script in [
+            ok.clone(),
+            Script::Each(vec![boom.clone(), ok.clone()].into()),
+        ] {
+            let upstream = Upstream::start(script).await;
+            let gate = Gate::new(knob(verifier(upstream.base_url())), &f.key);
+            let answer = gate.send().await;
+            assert_answer(name, Outcome::Valid, None, &f, &answer);
+        }
+    }
+
+    // Backoff: a wait that cannot fit in the deadline ends the retries at once.
+    let upstream = Upstream::start(Script::Each(vec![boom.clone(), ok.clone()].into())).await;
+    let gate = Gate::new(
+        verifier(upstream.base_url()).backoff(Duration::MAX, Duration::MAX),
+        &f.key,
+    );
+    assert_unavailable("backoff MAX", &gate.send().await);
+    assert_eq!(upstream.calls(), 1, "no retry after an endless backoff");
+    assert_answer("backoff MAX", Outcome::Valid, None, &f, &gate.send().await);
+
+    // Cooldown: the circuit stays open; its Retry-After is capped at a day.
+    let upstream = Upstream::start(boom).await;
+    let gate = Gate::new(
+        verifier(upstream.base_url())
+            .max_retries(0)
+            .circuit_breaker(1, Duration::MAX),
+        &f.key,
+    );
+    assert_unavailable("cooldown MAX, first failure", &gate.send().await);
+    let answer = gate.send().await;
+    assert_eq!(assert_unavailable("cooldown MAX, open", &answer), 86_400);
+    assert_eq!(upstream.calls(), 1, "the open circuit calls nothing");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hexclave: x-hexclave-* response headers first, x-stack-* requests
+// ---------------------------------------------------------------------------------------------
+
+/// A known error with the given known-error and actual-status headers.
+fn known_error_with(status: u16, body_code: &str, extra: &[(&str, &str)]) -> Script {
+    let mut headers = vec![JSON_UTF8];
+    headers.extend_from_slice(extra);
+    reply(
+        status,
+        &headers,
+        json!({ "code": body_code, "error": "message" }).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn hexclave_response_headers_are_read_first() {
+    let f = Fixture::new();
+    const REVOKED: &str = "API_KEY_REVOKED";
+    const NOT_FOUND: &str = "API_KEY_NOT_FOUND";
+    let hex_ke = "x-hexclave-known-error";
+    let stack_ke = "x-stack-known-error";
+    let hex_as = "x-hexclave-actual-status";
+    let stack_as = "x-stack-actual-status";
+    let (gate, upstream) = run_case(
+        &f,
+        &Case::new(
+            "401, only x-hexclave-known-error",
+            known_error_with(401, REVOKED, &[(hex_ke, REVOKED)]),
+            Outcome::Invalid,
+            Calls::Exactly(1),
+        ),
+    )
+    .await;
+    drop(gate);
+    // Requests carry the x-stack-* names only: the ones every backend version understands.
+    let request = &upstream.requests()[0];
+    assert_eq!(request.header("x-stack-access-type"), Some("server"));
+    assert!(
+        request
+            .headers
+            .iter()
+            .all(|(n, _)| !n.starts_with("x-hexclave-")),
+        "{:?}",
+        request.headers
+    );
+    run_all(
+        &f,
+        &[
+            Case::new(
+                "401, only x-stack-known-error",
+                known_error_with(401, REVOKED, &[(stack_ke, REVOKED)]),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "401, both known-error headers agreeing",
+                known_error_with(401, REVOKED, &[(hex_ke, REVOKED), (stack_ke, REVOKED)]),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "401, x-hexclave-known-error wins over a disagreeing x-stack one",
+                known_error_with(401, REVOKED, &[(hex_ke, REVOKED), (stack_ke, NOT_FOUND)]),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "401, x-hexclave-known-error disagrees with the body",
+                known_error_with(401, REVOKED, &[(hex_ke, NOT_FOUND), (stack_ke, REVOKED)]),
+                Outcome::Unavailable,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "401, only x-hexclave-known-error, disagreeing with the body",
+                known_error_with(401, REVOKED, &[(hex_ke, NOT_FOUND)]),
+                Outcome::Unavailable,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 + only x-hexclave-actual-status: 401",
+                known_error_with(200, REVOKED, &[(hex_as, "401"), (hex_ke, REVOKED)]),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 + both actual-status headers: 401",
+                known_error_with(200, REVOKED, &[(hex_as, "401"), (stack_as, "401")]),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 + x-hexclave-actual-status 401 wins over x-stack-actual-status 500",
+                known_error_with(200, REVOKED, &[(hex_as, "401"), (stack_as, "500")]),
+                Outcome::Invalid,
+                Calls::Exactly(1),
+            ),
+            Case::new(
+                "200 + x-hexclave-actual-status 500 wins over x-stack-actual-status 401",
+                known_error_with(200, REVOKED, &[(hex_as, "500"), (stack_as, "401")]),
+                Outcome::Unavailable,
+                Calls::Exactly(MAX_ATTEMPTS),
+            ),
+        ],
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin client against the scripted upstream
+// ---------------------------------------------------------------------------------------------
+
+fn admin(base_url: &str) -> StackAuthClient {
+    StackAuthClient::new(StackAuthConfig::new(PROJECT_ID, SERVER_KEY).base_url(base_url))
+        .expect("client")
+}
+
+#[tokio::test]
+async fn the_admin_client_reads_hexclave_headers_and_keeps_error_sources() {
+    use std::error::Error as _;
+
+    let f = Fixture::new();
+    let owner = Owner::user(&f.user_id);
+
+    // An error answered as 200 with Hexclave's actual-status header is an error.
+    let upstream = Upstream::start(known_error_with(
+        200,
+        "API_KEY_NOT_FOUND",
+        &[
+            ("x-hexclave-actual-status", "404"),
+            ("x-hexclave-known-error", "API_KEY_NOT_FOUND"),
+            ("x-stack-actual-status", "200"),
+        ],
+    ))
+    .await;
+    let error = admin(upstream.base_url())
+        .get(&owner, f.key.key_id())
+        .await
+        .expect_err("not found");
+    assert_eq!(error.status(), Some(404), "{error:?}");
+    assert_eq!(error.code(), Some("API_KEY_NOT_FOUND"), "{error:?}");
+
+    // A known-error header that disagrees with the body: the answer makes no sense.
+    let upstream = Upstream::start(known_error_with(
+        404,
+        "API_KEY_NOT_FOUND",
+        &[
+            ("x-hexclave-known-error", "API_KEY_REVOKED"),
+            ("x-stack-known-error", "API_KEY_NOT_FOUND"),
+        ],
+    ))
+    .await;
+    let error = admin(upstream.base_url())
+        .revoke(&owner, f.key.key_id())
+        .await
+        .expect_err("disagreeing headers");
+    assert!(
+        matches!(error, StackAuthError::InvalidResponse { .. }),
+        "{error:?}"
+    );
+
+    // Both header names agreeing, as a current backend sends them.
+    let upstream = Upstream::start(known_error_with(
+        404,
+        "API_KEY_NOT_FOUND",
+        &[
+            ("x-hexclave-known-error", "API_KEY_NOT_FOUND"),
+            ("x-stack-known-error", "API_KEY_NOT_FOUND"),
+        ],
+    ))
+    .await;
+    let error = admin(upstream.base_url())
+        .get(&owner, f.key.key_id())
+        .await
+        .expect_err("not found");
+    assert_eq!(error.code(), Some("API_KEY_NOT_FOUND"), "{error:?}");
+
+    // A 200 that is not a key object keeps its parse error as the source.
+    let upstream = Upstream::start(json_reply(200, &json!({ "hello": 1 }))).await;
+    let error = admin(upstream.base_url())
+        .get(&owner, f.key.key_id())
+        .await
+        .expect_err("not a key object");
+    assert!(
+        matches!(error, StackAuthError::InvalidResponse { .. }),
+        "{error:?}"
+    );
+    let source = error.source().expect("source");
+    assert!(source.is::<serde_json::Error>(), "{source:?}");
+
+    // A refused connection keeps reqwest's error as the source.
+    let upstream = Upstream::start(Script::Refused).await;
+    let error = admin(upstream.base_url())
+        .list(&owner)
+        .await
+        .expect_err("refused");
+    assert!(matches!(error, StackAuthError::Transport(_)), "{error:?}");
+    let source = error.source().expect("source");
+    assert!(source.is::<reqwest::Error>(), "{source:?}");
+}
+
+/// Regression (issue 9): `Duration::MAX` as the admin client's timeout neither panics nor
+/// overflows.
+#[tokio::test]
+async fn the_admin_clients_timeout_saturates() {
+    let f = Fixture::new();
+    let upstream = Upstream::start(json_reply(200, &f.key_object())).await;
+    let client = admin(upstream.base_url()).timeout(Duration::MAX);
+    let record = client
+        .get(&Owner::user(&f.user_id), f.key.key_id())
+        .await
+        .expect("get");
+    assert_eq!(record.id, f.key.key_id());
+    assert_eq!(upstream.calls(), 1);
+    let request = &upstream.requests()[0];
+    assert_eq!(request.method, "GET");
+    assert_eq!(
+        request.path,
+        format!(
+            "/api/v1/user-api-keys/{}?user_id={}",
+            f.key.key_id(),
+            f.user_id
+        )
+    );
 }

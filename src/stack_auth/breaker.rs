@@ -1,5 +1,8 @@
 //! A small circuit breaker: after `threshold` consecutive failed checks it answers "open" for
 //! `cooldown`, then lets one probe through; the probe's outcome closes or reopens it.
+//!
+//! A cooldown too long to add to the clock (`Duration::MAX`) saturates at a century: the circuit
+//! then stays open for the life of the process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -85,7 +88,7 @@ impl Breaker {
         }
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let open = State::Open {
-            until: Instant::now() + self.cooldown,
+            until: later(Instant::now(), self.cooldown),
         };
         match *state {
             State::Closed { failures } if failures + 1 >= self.threshold => {
@@ -116,6 +119,14 @@ impl Breaker {
             };
         }
     }
+}
+
+/// About a century: the furthest a cooldown reaches.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `now + wait`, saturating at [`FOREVER`] from now.
+fn later(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait.min(FOREVER)).unwrap_or(now)
 }
 
 #[cfg(test)]
@@ -171,6 +182,17 @@ mod tests {
         assert!(matches!(b.admit(), Admission::Rejected(_)));
         b.abandon_probe(second);
         probe(&b);
+    }
+
+    #[test]
+    fn an_endless_cooldown_saturates() {
+        let b = Breaker::new(1, Duration::MAX);
+        assert!(b.record_failure());
+        match b.admit() {
+            Admission::Rejected(wait) => assert!(wait > Duration::from_secs(86_400 * 365)),
+            other => panic!("expected open, got {other:?}"),
+        }
+        assert!(later(Instant::now(), Duration::MAX) > Instant::now());
     }
 
     #[test]

@@ -7,9 +7,12 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Method};
 use uuid::Uuid;
 
+use super::classify::{actual_status, known_error_header_mismatch};
 use super::{default_client, ConfigError, StackAuthConfig};
 use crate::key::{ApiKey, KeyKind};
-use crate::stack_protocol::{to_millis, ApiKeyList, ApiKeyObject, KeyValue, KnownError};
+use crate::stack_protocol::{
+    to_millis, ApiKeyList, ApiKeyObject, CreateRequest, KeyValue, KnownError, UpdateRequest,
+};
 use crate::store::{CreatedKey, KeyRecord, NewKey};
 use crate::verify::{Owner, RevocationListener, RevocationListeners};
 
@@ -17,16 +20,20 @@ use crate::verify::{Owner, RevocationListener, RevocationListeners};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
-/// Stack Auth's key-management API, with server access. Cheap to clone.
+/// Stack Auth's (now Hexclave's) key-management API, with server access. Cheap to clone.
 ///
 /// Paths, queries and bodies are exactly Stack Auth's: `POST /api/v1/user-api-keys` (200, the
 /// only response with the full key), `GET …?user_id=`, `GET`/`PATCH …/{id}` (team routes always
-/// carry `?team_id=`), and revocation as `PATCH {"revoked": true}`.
+/// carry `?team_id=`), and revocation as `PATCH {"revoked": true}`. An error answered as 200
+/// with an actual-status header is an error; a known error whose known-error header names
+/// another code than its body is [`StackAuthError::InvalidResponse`]. Both headers are read
+/// under their `x-hexclave-*` name first, then `x-stack-*`.
 #[derive(Clone)]
 pub struct StackAuthClient {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     config: StackAuthConfig,
     client: reqwest::Client,
@@ -51,12 +58,18 @@ pub enum StackAuthError {
         /// The known error's details.
         details: Option<serde_json::Value>,
     },
-    /// Stack Auth could not be reached, or did not answer in time.
-    #[error("Stack Auth request failed: {0}")]
-    Transport(String),
+    /// Stack Auth could not be reached, or did not answer in time; the source says why.
+    #[error("Stack Auth request failed")]
+    Transport(#[source] reqwest::Error),
     /// Stack Auth answered something this client cannot read.
-    #[error("Stack Auth's answer makes no sense: {0}")]
-    InvalidResponse(String),
+    #[error("Stack Auth's answer makes no sense: {message}")]
+    InvalidResponse {
+        /// What is wrong with the answer.
+        message: String,
+        /// The parse error behind it, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 impl StackAuthError {
@@ -73,6 +86,23 @@ impl StackAuthError {
         match self {
             StackAuthError::Api { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        StackAuthError::InvalidResponse {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    fn invalid_because(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StackAuthError::InvalidResponse {
+            message: message.into(),
+            source: Some(Box::new(source)),
         }
     }
 }
@@ -114,6 +144,14 @@ impl StackAuthClient {
         }
     }
 
+    /// The time each call may take, from sending the request to the end of the answer's body
+    /// (default 10 s). `Duration::MAX` means no limit. Clones made before keep theirs.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).timeout = timeout;
+        self
+    }
+
     /// Tells `listener` of every key this client revokes (see
     /// [`CachedVerifier::revocation_listener`](crate::CachedVerifier::revocation_listener)).
     pub fn subscribe_revocations(&self, listener: RevocationListener) {
@@ -122,32 +160,30 @@ impl StackAuthClient {
 
     /// Creates a key for `owner`. The result holds the full key: Stack Auth never shows it again.
     pub async fn create(&self, owner: &Owner, new: &NewKey) -> Result<CreatedKey, StackAuthError> {
-        let mut body = serde_json::json!({
-            "description": new.description,
-            "expires_at_millis": new.expires_at.map(to_millis),
-            "is_public": new.is_public,
-        });
-        if let Some(map) = body.as_object_mut() {
-            let (field, id) = match owner {
-                Owner::User(id) => ("user_id", id),
-                Owner::Team(id) => ("team_id", id),
-            };
-            map.insert(field.to_owned(), serde_json::Value::from(id.as_ref()));
-        }
+        let body = CreateRequest::new(
+            owner,
+            new.description.as_str(),
+            new.expires_at.map(to_millis),
+            new.is_public,
+        );
         let object: ApiKeyObject = self
-            .call(Method::POST, collection(owner.kind()), &[], Some(body))
+            .call(
+                Method::POST,
+                collection(owner.kind()),
+                &[],
+                Some(json_body(&body)?),
+            )
             .await?;
         let KeyValue::Full(value) = &object.value else {
-            return Err(StackAuthError::InvalidResponse(
-                "the create response has no full key".into(),
+            return Err(StackAuthError::invalid(
+                "the create response has no full key",
             ));
         };
-        let key = ApiKey::parse(value).map_err(|e| {
-            StackAuthError::InvalidResponse(format!("the new key is malformed: {e}"))
-        })?;
+        let key = ApiKey::parse(value)
+            .map_err(|e| StackAuthError::invalid_because("the new key is malformed", e))?;
         let record = object
             .to_record()
-            .ok_or_else(|| StackAuthError::InvalidResponse("the new key names no owner".into()))?;
+            .ok_or_else(|| StackAuthError::invalid("the new key names no owner"))?;
         Ok(CreatedKey { key, record })
     }
 
@@ -184,19 +220,13 @@ impl StackAuthClient {
         key_id: Uuid,
         description: &str,
     ) -> Result<KeyRecord, StackAuthError> {
-        self.patch(
-            owner,
-            key_id,
-            serde_json::json!({ "description": description }),
-        )
-        .await
+        self.patch(owner, key_id, &UpdateRequest::description(description))
+            .await
     }
 
     /// Revokes a key, for good, and drops it from every subscribed cache at once.
     pub async fn revoke(&self, owner: &Owner, key_id: Uuid) -> Result<KeyRecord, StackAuthError> {
-        let record = self
-            .patch(owner, key_id, serde_json::json!({ "revoked": true }))
-            .await?;
+        let record = self.patch(owner, key_id, &UpdateRequest::revoke()).await?;
         self.inner.listeners.notify(key_id);
         Ok(record)
     }
@@ -206,14 +236,14 @@ impl StackAuthClient {
         &self,
         owner: &Owner,
         key_id: Uuid,
-        body: serde_json::Value,
+        body: &UpdateRequest,
     ) -> Result<KeyRecord, StackAuthError> {
         let object: ApiKeyObject = self
             .call(
                 Method::PATCH,
                 &item(owner.kind(), key_id),
                 &owner_query(owner),
-                Some(body),
+                Some(json_body(body)?),
             )
             .await?;
         to_record(&object)
@@ -224,7 +254,7 @@ impl StackAuthClient {
         method: Method,
         path: &str,
         query: &[(&str, String)],
-        body: Option<serde_json::Value>,
+        body: Option<Vec<u8>>,
     ) -> Result<T, StackAuthError> {
         let mut request = self
             .inner
@@ -233,40 +263,39 @@ impl StackAuthClient {
             .headers(self.inner.headers.clone())
             .timeout(self.inner.timeout)
             .query(query);
-        if let Some(body) = body {
-            let bytes = serde_json::to_vec(&body)
-                .map_err(|e| StackAuthError::InvalidResponse(e.to_string()))?;
+        if let Some(bytes) = body {
             request = request
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(bytes);
         }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| StackAuthError::Transport(e.to_string()))?;
-        let status = response.status();
+        let mut response = request.send().await.map_err(StackAuthError::Transport)?;
+        // A proxy may have turned an error into a 200 the way Stack's SDK asks it to.
+        let status = actual_status(response.status(), response.headers());
+        let headers = std::mem::take(response.headers_mut());
         let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| StackAuthError::Transport(e.to_string()))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(StackAuthError::Transport)? {
             if bytes.len() + chunk.len() > MAX_BODY {
-                return Err(StackAuthError::InvalidResponse("answer too large".into()));
+                return Err(StackAuthError::invalid("answer too large"));
             }
             bytes.extend_from_slice(&chunk);
         }
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| StackAuthError::InvalidResponse(e.to_string()));
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                StackAuthError::invalid_because(format!("the {status} body cannot be read"), e)
+            });
         }
         Err(match serde_json::from_slice::<KnownError>(&bytes) {
-            Ok(known) => StackAuthError::Api {
-                status: status.as_u16(),
-                code: Some(known.code),
-                message: known.error,
-                details: known.details,
-            },
+            Ok(known) => {
+                if let Some(message) = known_error_header_mismatch(&headers, &known) {
+                    return Err(StackAuthError::invalid(message));
+                }
+                StackAuthError::Api {
+                    status: status.as_u16(),
+                    code: Some(known.code),
+                    message: known.error,
+                    details: known.details,
+                }
+            }
             Err(_) => StackAuthError::Api {
                 status: status.as_u16(),
                 code: None,
@@ -275,6 +304,12 @@ impl StackAuthClient {
             },
         })
     }
+}
+
+/// A request body as JSON.
+fn json_body(body: &impl serde::Serialize) -> Result<Vec<u8>, StackAuthError> {
+    serde_json::to_vec(body)
+        .map_err(|e| StackAuthError::invalid_because("the request body cannot be serialised", e))
 }
 
 impl std::fmt::Debug for StackAuthClient {
@@ -306,5 +341,5 @@ fn owner_query(owner: &Owner) -> Vec<(&'static str, String)> {
 fn to_record(object: &ApiKeyObject) -> Result<KeyRecord, StackAuthError> {
     object
         .to_record()
-        .ok_or_else(|| StackAuthError::InvalidResponse("a key object names no owner".into()))
+        .ok_or_else(|| StackAuthError::invalid("a key object names no owner"))
 }

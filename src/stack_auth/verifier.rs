@@ -6,51 +6,45 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue};
 use rand::TryRngCore;
 use tokio::time::Instant;
 
 use super::breaker::{Admission, Breaker, ProbeId};
-use super::{default_client, ConfigError, StackAuthClient, StackAuthConfig};
-use crate::key::{ApiKey, KeyKind};
-use crate::stack_protocol::{from_millis, ApiKeyObject, CheckRequest, KnownError};
-use crate::verify::{
-    InvalidReason, KeyInfo, KeyVerifier, Owner, RevocationListener, RevocationListeners, Verdict,
-    VerifyError, VerifyErrorKind,
+use super::classify::{classify, Classified, MAX_RETRY_AFTER};
+use super::{
+    default_client, error_chain, ConfigError, StackAuthClient, StackAuthConfig,
+    StackAuthVerifierBuilder,
 };
-
-/// Default time one attempt may take.
-pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Default time all attempts together may take.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(3);
-/// Default number of retries after the first attempt.
-pub const DEFAULT_MAX_RETRIES: u32 = 2;
-/// Default cap on a response body.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
-/// Default number of consecutive failed checks that opens the circuit.
-pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
-/// Default time the circuit stays open before a probe.
-pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(10);
+use crate::key::{ApiKey, KeyKind};
+use crate::stack_protocol::CheckRequest;
+use crate::verify::{
+    KeyVerifier, RevocationListener, RevocationListeners, Verdict, VerifyError, VerifyErrorKind,
+};
 
 /// Distinct misconfiguration causes logged loudly once each; later new causes share one line.
 const MAX_LOGGED_CAUSES: usize = 32;
 /// Longest cause (an upstream error code) kept in the set of logged causes.
 const MAX_CAUSE_LEN: usize = 64;
 
-const ACTUAL_STATUS: &str = "x-stack-actual-status";
-const KNOWN_ERROR: &str = "x-stack-known-error";
-
-/// Checks keys with `POST {base}/api/v1/{user,team}-api-keys/check`. Cheap to clone.
+/// Checks keys with `POST {base}/api/v1/{user,team}-api-keys/check` of Stack Auth (now
+/// Hexclave). Cheap to clone.
 ///
 /// - The route comes from the key's own `user`/`team` segment.
 /// - 200 → valid (Stack Auth's key object, or the `{"is_valid": …}` shape of its public docs),
 ///   unless the body says the key is revoked or expired.
-/// - `API_KEY_NOT_FOUND`, `WRONG_API_KEY_TYPE`, `API_KEY_REVOKED`, `API_KEY_EXPIRED` → invalid.
+/// - The invalid-key known errors (not found, wrong type, revoked, expired) → invalid.
 /// - Misconfiguration (bad server key, unknown project, API keys disabled, …) → error, logged
 ///   once per cause with what to fix.
 /// - Connection errors, timeouts, 5xx and 429 → retried with jittered backoff within a total
-///   deadline, then an error; a circuit breaker answers at once while the upstream keeps failing.
+///   deadline, then an error. `Retry-After` is honoured in seconds or as an HTTP date.
+/// - Each route (user keys, team keys) has its own circuit breaker, which answers at once while
+///   that route keeps failing; see [`circuit_breaker`](StackAuthVerifierBuilder::circuit_breaker).
+///
+/// Response headers are read under their `x-hexclave-*` name first, then `x-stack-*`. Requests
+/// carry only the `x-stack-*` names: every backend version understands them (an older
+/// self-hosted one understands nothing else), and a current one treats both alike.
 ///
 /// Errors become 503 with `Retry-After`; nothing but verdicts is cached by
 /// [`CachedVerifier`](crate::CachedVerifier).
@@ -63,15 +57,14 @@ struct Shared {
     config: StackAuthConfig,
     client: reqwest::Client,
     headers: HeaderMap,
-    user_check: String,
-    team_check: String,
+    user: Route,
+    team: Route,
     attempt_timeout: Duration,
     deadline: Duration,
     max_retries: u32,
     backoff_base: Duration,
     backoff_max: Duration,
     max_body: usize,
-    breaker: Breaker,
     listeners: Arc<RevocationListeners>,
     /// Misconfiguration causes already logged, at most [`MAX_LOGGED_CAUSES`].
     logged: Mutex<HashSet<String>>,
@@ -79,117 +72,48 @@ struct Shared {
     logged_overflow: AtomicBool,
 }
 
-/// Builds a [`StackAuthVerifier`].
-#[must_use]
-pub struct StackAuthVerifierBuilder {
-    config: StackAuthConfig,
-    client: Option<reqwest::Client>,
-    attempt_timeout: Duration,
-    deadline: Duration,
-    max_retries: u32,
-    backoff_base: Duration,
-    backoff_max: Duration,
-    max_body: usize,
-    breaker_threshold: u32,
-    breaker_cooldown: Duration,
+/// One check route and its own breaker: an outage or a misconfiguration of one route never
+/// refuses keys of the other kind.
+struct Route {
+    kind: KeyKind,
+    url: String,
+    breaker: Breaker,
 }
 
-impl StackAuthVerifierBuilder {
-    /// Uses this client (connection pool, TLS, proxy settings) instead of building one.
-    pub fn client(mut self, client: reqwest::Client) -> Self {
-        self.client = Some(client);
-        self
-    }
-
-    /// Time one attempt may take (default 1 s).
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.attempt_timeout = timeout;
-        self
-    }
-
-    /// Time all attempts and backoffs together may take (default 3 s).
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
-        self
-    }
-
-    /// Retries after the first attempt, on connection errors, timeouts, 5xx and 429 only
-    /// (default 2).
-    pub fn max_retries(mut self, retries: u32) -> Self {
-        self.max_retries = retries;
-        self
-    }
-
-    /// Backoff before retry `n` is about `base × 2ⁿ⁻¹`, at most `max`, jittered (defaults 50 ms
-    /// and 500 ms). A 429's `Retry-After` is used instead when it fits in the deadline.
-    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.backoff_base = base;
-        self.backoff_max = max;
-        self
-    }
-
-    /// The largest response body read (default 64 KiB); a larger one is an error.
-    pub fn max_body_bytes(mut self, max: usize) -> Self {
-        self.max_body = max;
-        self
-    }
-
-    /// Opens the circuit after `threshold` consecutive failed checks, for `cooldown`, then
-    /// probes once (defaults 5 and 10 s). A threshold of 0 disables the breaker.
-    pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
-        self.breaker_threshold = threshold;
-        self.breaker_cooldown = cooldown;
-        self
-    }
-
-    /// Builds the verifier: the headers and URLs are prepared here, once.
-    pub fn build(self) -> Result<StackAuthVerifier, ConfigError> {
-        let headers = self.config.headers()?;
-        let client = match self.client {
+impl StackAuthVerifier {
+    pub(super) fn from_builder(builder: StackAuthVerifierBuilder) -> Result<Self, ConfigError> {
+        let headers = builder.config.headers()?;
+        let client = match builder.client {
             Some(client) => client,
             None => default_client()?,
         };
+        let route = |kind: KeyKind, path: &str| Route {
+            kind,
+            url: builder.config.url(path),
+            breaker: Breaker::new(builder.breaker_threshold, builder.breaker_cooldown),
+        };
         Ok(StackAuthVerifier {
             shared: Arc::new(Shared {
-                user_check: self.config.url("user-api-keys/check"),
-                team_check: self.config.url("team-api-keys/check"),
-                config: self.config,
+                user: route(KeyKind::User, "user-api-keys/check"),
+                team: route(KeyKind::Team, "team-api-keys/check"),
+                config: builder.config,
                 client,
                 headers,
-                attempt_timeout: self.attempt_timeout,
-                deadline: self.deadline,
-                max_retries: self.max_retries,
-                backoff_base: self.backoff_base,
-                backoff_max: self.backoff_max,
-                max_body: self.max_body,
-                breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
+                attempt_timeout: builder.attempt_timeout,
+                deadline: builder.deadline,
+                max_retries: builder.max_retries,
+                backoff_base: builder.backoff_base,
+                backoff_max: builder.backoff_max,
+                max_body: builder.max_body,
                 listeners: Arc::new(RevocationListeners::default()),
                 logged: Mutex::new(HashSet::new()),
                 logged_overflow: AtomicBool::new(false),
             }),
         })
     }
-}
 
-impl StackAuthVerifier {
-    /// A builder with the documented defaults.
-    pub fn builder(config: StackAuthConfig) -> StackAuthVerifierBuilder {
-        StackAuthVerifierBuilder {
-            config,
-            client: None,
-            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
-            deadline: DEFAULT_DEADLINE,
-            max_retries: DEFAULT_MAX_RETRIES,
-            backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(500),
-            max_body: DEFAULT_MAX_BODY_BYTES,
-            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
-            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
-        }
-    }
-
-    /// A verifier configured from `STACK_API_URL`, `STACK_PROJECT_ID` and
-    /// `STACK_SECRET_SERVER_KEY`, with the defaults.
+    /// A verifier configured by [`StackAuthConfig::from_env`] (`HEXCLAVE_*` or `STACK_*`
+    /// variables), with the defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::builder(StackAuthConfig::from_env()?).build()
     }
@@ -248,28 +172,41 @@ impl Drop for ProbeGuard<'_> {
 impl KeyVerifier for StackAuthVerifier {
     async fn verify(&self, key: &ApiKey) -> Result<Verdict, VerifyError> {
         let shared = &self.shared;
-        let probe = match shared.breaker.admit() {
+        let route = shared.route(key.kind());
+        let probe = match route.breaker.admit() {
             Admission::Allowed => None,
             Admission::Probe(probe) => Some(probe),
             Admission::Rejected(wait) => {
                 return Err(VerifyError::new(
                     VerifyErrorKind::CircuitOpen,
-                    "Stack Auth kept failing; not calling it until the breaker's cooldown ends",
+                    format!(
+                        "Stack Auth's {} key check kept failing; not calling it until the breaker's cooldown ends",
+                        route.kind
+                    ),
                 )
-                .with_retry_after(wait))
+                .with_retry_after(wait.min(MAX_RETRY_AFTER)))
             }
         };
         let mut guard = ProbeGuard {
-            breaker: &shared.breaker,
+            breaker: &route.breaker,
             probe,
         };
-        let result = shared.check(key).await;
+        let result = shared.check(&route.url, key).await;
         guard.probe = None;
         match &result {
-            Ok(_) => shared.breaker.record_success(),
+            // A misconfiguration is an answer, not an outage: see `circuit_breaker`.
+            Ok(_) => route.breaker.record_success(),
+            Err(error) if error.kind() == VerifyErrorKind::Misconfigured => {
+                route.breaker.record_success();
+            }
             Err(error) => {
-                if shared.breaker.record_failure() {
-                    tracing::error!(%error, "Stack Auth circuit opened: checks answer 503 at once until it recovers");
+                if route.breaker.record_failure() {
+                    tracing::error!(
+                        %error,
+                        route = %route.kind,
+                        "Stack Auth circuit opened: checks of {} keys answer 503 at once until it recovers",
+                        route.kind
+                    );
                 }
             }
         }
@@ -282,12 +219,16 @@ impl KeyVerifier for StackAuthVerifier {
 }
 
 impl Shared {
-    async fn check(&self, key: &ApiKey) -> Result<Verdict, VerifyError> {
-        let deadline = Instant::now() + self.deadline;
-        let url = match key.kind() {
-            KeyKind::User => &self.user_check,
-            KeyKind::Team => &self.team_check,
-        };
+    fn route(&self, kind: KeyKind) -> &Route {
+        match kind {
+            KeyKind::User => &self.user,
+            KeyKind::Team => &self.team,
+        }
+    }
+
+    async fn check(&self, url: &str, key: &ApiKey) -> Result<Verdict, VerifyError> {
+        // `None`: a deadline too far to add to the clock, i.e. none.
+        let deadline = Instant::now().checked_add(self.deadline);
         let body = serde_json::to_vec(&CheckRequest {
             api_key: key.expose_secret().to_owned(),
         })
@@ -295,11 +236,14 @@ impl Shared {
         .map_err(|e| VerifyError::new(VerifyErrorKind::Upstream, e.to_string()))?;
         let mut retries = 0;
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = deadline.map_or(Duration::MAX, |at| {
+                at.saturating_duration_since(Instant::now())
+            });
             let per_attempt = self.attempt_timeout.min(remaining);
             let outcome = if per_attempt.is_zero() {
                 Attempt::Done(Err(timeout(self.deadline)))
             } else {
+                // `timeout` and `sleep` saturate durations too long for the clock.
                 match tokio::time::timeout(per_attempt, self.attempt(url, body.clone(), key)).await
                 {
                     Ok(outcome) => outcome,
@@ -312,9 +256,10 @@ impl Shared {
             };
             let wait = hint.unwrap_or_else(|| self.backoff(retries));
             let give_up = retries >= self.max_retries
-                || Instant::now()
-                    .checked_add(wait)
-                    .is_none_or(|at| at >= deadline);
+                || match Instant::now().checked_add(wait) {
+                    None => true,
+                    Some(at) => deadline.is_some_and(|deadline| at >= deadline),
+                };
             tracing::debug!(%error, retries, ?wait, give_up, "Stack Auth check failed");
             if give_up {
                 return Err(match hint {
@@ -327,7 +272,7 @@ impl Shared {
         }
     }
 
-    /// `base × 2ⁿ`, capped, with equal jitter (half fixed, half random).
+    /// `base × 2ⁿ`, capped, with equal jitter (half fixed, half random). Saturates.
     fn backoff(&self, retries: u32) -> Duration {
         let exp = self
             .backoff_base
@@ -335,7 +280,11 @@ impl Shared {
             .min(self.backoff_max);
         let random = rand::rngs::OsRng.try_next_u32().unwrap_or(0);
         let half = exp / 2;
-        half + half.mul_f64(f64::from(random) / f64::from(u32::MAX))
+        let fraction = f64::from(random) / f64::from(u32::MAX);
+        let jitter = Duration::try_from_secs_f64(half.as_secs_f64() * fraction)
+            .unwrap_or(half)
+            .min(half);
+        half.saturating_add(jitter)
     }
 
     async fn attempt(&self, url: &str, body: Bytes, key: &ApiKey) -> Attempt {
@@ -369,117 +318,21 @@ impl Shared {
                 Err(error) => return Attempt::Retry(transport(&error), None),
             }
         }
-        self.classify(status, &headers, &body, key)
+        self.act_on(classify(status, &headers, &body, key, SystemTime::now()))
     }
 
-    fn classify(
-        &self,
-        status: StatusCode,
-        headers: &HeaderMap,
-        body: &[u8],
-        key: &ApiKey,
-    ) -> Attempt {
-        // A proxy may have turned an error into a 200 the way Stack's SDK asks it to.
-        let status = headers
-            .get(ACTUAL_STATUS)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u16>().ok())
-            .and_then(|v| StatusCode::from_u16(v).ok())
-            .unwrap_or(status);
+    fn act_on(&self, classified: Classified) -> Attempt {
         let upstream = |message: String| VerifyError::new(VerifyErrorKind::Upstream, message);
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            let hint = headers
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|secs| Duration::from_secs(secs.min(86_400)));
-            return Attempt::Retry(upstream(format!("Stack Auth answered {status}")), hint);
-        }
-        let is_json = headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("application/json")
-            });
-        let result = if status == StatusCode::OK {
-            if is_json {
-                interpret_ok(body, key).map_err(upstream)
-            } else {
-                Err(upstream(format!(
-                    "Stack Auth answered 200 with content-type {:?}, not JSON",
-                    headers.get(CONTENT_TYPE)
-                )))
+        match classified {
+            Classified::Verdict(verdict) => Attempt::Done(Ok(verdict)),
+            Classified::Misconfigured { cause, advice } => {
+                Attempt::Done(Err(self.misconfigured(&cause, &advice)))
             }
-        } else if status.is_client_error() && is_json {
-            match serde_json::from_slice::<KnownError>(body) {
-                Ok(known) => self.interpret_known_error(status, headers, known),
-                Err(_) => Err(upstream(format!(
-                    "Stack Auth answered {status} with a body that is not a known error"
-                ))),
-            }
-        } else if status == StatusCode::BAD_REQUEST
-            && String::from_utf8_lossy(body).contains("API keys are not enabled")
-        {
-            Err(self.misconfigured(
-                "api-keys-disabled",
-                &format!(
-                    "Stack Auth says {} API keys are not enabled for this project: enable them in the dashboard (API Keys app)",
-                    key.kind()
-                ),
-            ))
-        } else {
-            Err(upstream(format!(
-                "Stack Auth answered {status} unexpectedly"
-            )))
-        };
-        Attempt::Done(result)
-    }
-
-    fn interpret_known_error(
-        &self,
-        status: StatusCode,
-        headers: &HeaderMap,
-        known: KnownError,
-    ) -> Result<Verdict, VerifyError> {
-        if let Some(header) = headers.get(KNOWN_ERROR) {
-            if header.as_bytes() != known.code.as_bytes() {
-                return Err(VerifyError::new(
-                    VerifyErrorKind::Upstream,
-                    format!(
-                        "x-stack-known-error disagrees with the body's code {:?}",
-                        known.code
-                    ),
-                ));
-            }
-        }
-        let invalid = |reason| Ok(Verdict::Invalid(reason));
-        match known.code.as_str() {
-            "API_KEY_NOT_FOUND" => invalid(InvalidReason::NotFound),
-            "WRONG_API_KEY_TYPE" => invalid(InvalidReason::WrongType),
-            "API_KEY_REVOKED" => invalid(InvalidReason::Revoked),
-            "API_KEY_EXPIRED" => invalid(InvalidReason::Expired),
-            "INVALID_SECRET_SERVER_KEY" => Err(self.misconfigured(
-                &known.code,
-                "Stack Auth rejected the secret server key: check STACK_SECRET_SERVER_KEY (and that it belongs to STACK_PROJECT_ID)",
-            )),
-            "SERVER_AUTHENTICATION_REQUIRED" => Err(self.misconfigured(
-                &known.code,
-                "Stack Auth wants a secret server key: set STACK_SECRET_SERVER_KEY",
-            )),
-            "INSUFFICIENT_ACCESS_TYPE" => Err(self.misconfigured(
-                &known.code,
-                "Stack Auth refused server access for the check: use a secret server key, not a publishable client key",
-            )),
-            "CURRENT_PROJECT_NOT_FOUND" | "ACCESS_TYPE_WITHOUT_PROJECT_ID" => Err(self.misconfigured(
-                &known.code,
-                "Stack Auth does not know this project: check STACK_PROJECT_ID (and STACK_API_URL)",
-            )),
-            other => Err(self.misconfigured(
-                other,
-                &format!("Stack Auth answered {status} {other}: {}", known.error),
-            )),
+            Classified::Upstream(message) => Attempt::Done(Err(upstream(message))),
+            Classified::Transient {
+                message,
+                retry_after,
+            } => Attempt::Retry(upstream(message), retry_after),
         }
     }
 
@@ -524,8 +377,11 @@ fn transport(error: &reqwest::Error) -> VerifyError {
     } else {
         VerifyErrorKind::Transport
     };
-    // reqwest's message names the URL, which carries no key.
-    VerifyError::new(kind, format!("Stack Auth request failed: {error}"))
+    // reqwest's messages name the URL, which carries no key; the causes say what failed.
+    VerifyError::new(
+        kind,
+        format!("Stack Auth request failed: {}", error_chain(error)),
+    )
 }
 
 /// `s`, cut to at most `max` bytes on a character boundary.
@@ -537,144 +393,13 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Fields that only Stack Auth's key object has; the `{"is_valid": …}` shape has none of them.
-const KEY_OBJECT_FIELDS: [&str; 4] = ["type", "created_at_millis", "value", "description"];
-
-/// A 200 body: Stack Auth's key object, or the `{"is_valid": …}` shape of its public docs.
-///
-/// A body with any key-object field is read as a key object, whole and strictly, even if it
-/// also has `is_valid` (which there can only refuse, never accept); the short shape is only for
-/// bodies without them. Either way a revocation or a past expiry refuses the key.
-fn interpret_ok(body: &[u8], key: &ApiKey) -> Result<Verdict, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("Stack Auth's 200 is not JSON: {e}"))?;
-    let fields = value
-        .as_object()
-        .ok_or("Stack Auth's 200 is not a JSON object")?;
-    let is_valid = match fields.get("is_valid") {
-        None => None,
-        Some(v) => Some(v.as_bool().ok_or("`is_valid` is not a boolean")?),
-    };
-    let now = SystemTime::now();
-    match is_valid {
-        Some(is_valid) if !KEY_OBJECT_FIELDS.iter().any(|f| fields.contains_key(*f)) => {
-            short_form(fields, is_valid, key, now)
-        }
-        _ => key_object(value, is_valid, key, now),
-    }
-}
-
-/// Stack Auth's key object (its Read body), possibly with an `is_valid` beside it.
-fn key_object(
-    value: serde_json::Value,
-    is_valid: Option<bool>,
-    key: &ApiKey,
-    now: SystemTime,
-) -> Result<Verdict, String> {
-    let object: ApiKeyObject = serde_json::from_value(value)
-        .map_err(|e| format!("Stack Auth's 200 is not an API key object: {e}"))?;
-    if object.kind != key.kind() {
-        return Ok(Verdict::Invalid(InvalidReason::WrongType));
-    }
-    if object.manually_revoked_at_millis.is_some() {
-        return Ok(Verdict::Invalid(InvalidReason::Revoked));
-    }
-    let info = object
-        .to_key_info()
-        .ok_or_else(|| format!("the key object names no {} id", key.kind()))?;
-    if info.is_expired_at(now) {
-        return Ok(Verdict::Invalid(InvalidReason::Expired));
-    }
-    if is_valid == Some(false) {
-        return Ok(Verdict::Invalid(InvalidReason::NotFound));
-    }
-    Ok(Verdict::valid(info))
-}
-
-/// `{"is_valid": …, "id": …, "user_id": …}` (or `team_id`), with optional `is_public`,
-/// `expires_at_millis` and `manually_revoked_at_millis`.
-fn short_form(
-    fields: &serde_json::Map<String, serde_json::Value>,
-    is_valid: bool,
-    key: &ApiKey,
-    now: SystemTime,
-) -> Result<Verdict, String> {
-    if millis(fields, "manually_revoked_at_millis")?.is_some() {
-        return Ok(Verdict::Invalid(InvalidReason::Revoked));
-    }
-    let expires_at = millis(fields, "expires_at_millis")?
-        .filter(|&ms| ms != 0)
-        .map(from_millis);
-    if expires_at.is_some_and(|at| at <= now) {
-        return Ok(Verdict::Invalid(InvalidReason::Expired));
-    }
-    if !is_valid {
-        return Ok(Verdict::Invalid(InvalidReason::NotFound));
-    }
-    let owner = match (
-        key.kind(),
-        string(fields, "user_id")?,
-        string(fields, "team_id")?,
-    ) {
-        (_, Some(_), Some(_)) => return Err("`is_valid: true` names both a user and a team".into()),
-        (KeyKind::User, Some(id), None) => Owner::user(id),
-        (KeyKind::Team, None, Some(id)) => Owner::team(id),
-        (KeyKind::User, None, Some(_)) | (KeyKind::Team, Some(_), None) => {
-            return Ok(Verdict::Invalid(InvalidReason::WrongType))
-        }
-        (_, None, None) => return Err(format!("`is_valid: true` without a {} id", key.kind())),
-    };
-    let key_id = match string(fields, "id")? {
-        Some(id) => id.parse().map_err(|_| "`id` is not a UUID".to_owned())?,
-        None => key.key_id(),
-    };
-    let is_public = match fields.get("is_public") {
-        None | Some(serde_json::Value::Null) => key.is_public(),
-        Some(v) => v.as_bool().ok_or("`is_public` is not a boolean")?,
-    };
-    Ok(Verdict::valid(
-        KeyInfo::new(key_id, owner, is_public).with_expires_at(expires_at),
-    ))
-}
-
-/// An optional timestamp in ms: absent or `null` is `None`, anything but an integer an error.
-fn millis(
-    fields: &serde_json::Map<String, serde_json::Value>,
-    name: &str,
-) -> Result<Option<i64>, String> {
-    match fields.get(name) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| format!("`{name}` is not a timestamp in milliseconds")),
-    }
-}
-
-/// An optional string: absent or `null` is `None`, anything but a string an error.
-fn string<'a>(
-    fields: &'a serde_json::Map<String, serde_json::Value>,
-    name: &str,
-) -> Result<Option<&'a str>, String> {
-    match fields.get(name) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => v
-            .as_str()
-            .map(Some)
-            .ok_or_else(|| format!("`{name}` is not a string")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io;
 
-    use serde_json::json;
     use tracing_subscriber::util::SubscriberInitExt;
-    use uuid::Uuid;
 
     use super::*;
-    use crate::key::Deployment;
 
     fn verifier() -> StackAuthVerifier {
         StackAuthVerifier::builder(
@@ -683,10 +408,6 @@ mod tests {
         )
         .build()
         .expect("verifier")
-    }
-
-    fn user_key() -> ApiKey {
-        ApiKey::generate(Uuid::new_v4(), KeyKind::User, false, Deployment::SelfHosted).expect("rng")
     }
 
     /// Log lines, captured in memory.
@@ -758,73 +479,27 @@ mod tests {
         assert!(logged.iter().all(|c| c.len() <= MAX_CAUSE_LEN));
     }
 
-    fn key_object(key: &ApiKey, extra: serde_json::Value) -> Vec<u8> {
-        let mut object = json!({
-            "id": key.key_id().to_string(),
-            "description": "unit",
-            "created_at_millis": 1_745_000_000_000_i64,
-            "is_public": false,
-            "value": { "last_four": key.last_four() },
-            "type": "user",
-            "user_id": "u1",
-        });
-        if let (Some(object), Some(extra)) = (object.as_object_mut(), extra.as_object()) {
-            object.extend(extra.clone());
+    #[test]
+    fn backoff_saturates() {
+        let verifier = StackAuthVerifier::builder(
+            StackAuthConfig::new("p", "ssk_unit").base_url("http://127.0.0.1:9"),
+        )
+        .backoff(Duration::MAX, Duration::MAX)
+        .build()
+        .expect("verifier");
+        for retries in [0, 1, 31, 32, 33, u32::MAX] {
+            let wait = verifier.shared.backoff(retries);
+            assert!(wait >= Duration::MAX / 2, "{retries}: {wait:?}");
         }
-        object.to_string().into_bytes()
-    }
-
-    #[test]
-    fn is_valid_never_overrides_a_key_objects_revocation_or_expiry() {
-        let key = user_key();
-        let verdict = |extra| interpret_ok(&key_object(&key, extra), &key);
-        assert!(verdict(json!({ "is_valid": true }))
-            .expect("verdict")
-            .is_valid());
-        assert_eq!(
-            verdict(json!({ "is_valid": true, "manually_revoked_at_millis": 1 })),
-            Ok(Verdict::Invalid(InvalidReason::Revoked))
-        );
-        assert_eq!(
-            verdict(json!({ "is_valid": true, "expires_at_millis": 1 })),
-            Ok(Verdict::Invalid(InvalidReason::Expired))
-        );
-        assert_eq!(
-            verdict(json!({ "is_valid": false })),
-            Ok(Verdict::Invalid(InvalidReason::NotFound))
-        );
-        assert!(verdict(json!({ "is_valid": null })).is_err());
-    }
-
-    #[test]
-    fn the_short_form_honours_revocation_and_expiry_and_refuses_nonsense() {
-        let key = user_key();
-        let verdict = |body: serde_json::Value| interpret_ok(body.to_string().as_bytes(), &key);
-        assert!(verdict(json!({ "is_valid": true, "user_id": "u1" }))
-            .expect("verdict")
-            .is_valid());
-        assert_eq!(
-            verdict(json!({ "is_valid": true, "user_id": "u1", "manually_revoked_at_millis": 5 })),
-            Ok(Verdict::Invalid(InvalidReason::Revoked))
-        );
-        assert_eq!(
-            verdict(json!({ "is_valid": true, "user_id": "u1", "expires_at_millis": 5 })),
-            Ok(Verdict::Invalid(InvalidReason::Expired))
-        );
-        assert_eq!(
-            verdict(json!({ "is_valid": true, "team_id": "t1" })),
-            Ok(Verdict::Invalid(InvalidReason::WrongType))
-        );
-        for nonsense in [
-            json!({ "is_valid": true, "user_id": "u1", "team_id": "t1" }),
-            json!({ "is_valid": true, "user_id": 7 }),
-            json!({ "is_valid": true, "user_id": "u1", "expires_at_millis": "soon" }),
-            json!({ "is_valid": true, "user_id": "u1", "manually_revoked_at_millis": true }),
-            json!({ "is_valid": true, "user_id": "u1", "is_public": "no" }),
-            json!({ "is_valid": true, "user_id": "u1", "type": "user" }),
-            json!([{ "is_valid": true, "user_id": "u1" }]),
-        ] {
-            assert!(verdict(nonsense.clone()).is_err(), "{nonsense}");
+        let verifier = StackAuthVerifier::builder(
+            StackAuthConfig::new("p", "ssk_unit").base_url("http://127.0.0.1:9"),
+        )
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .build()
+        .expect("verifier");
+        for retries in 0..70 {
+            let wait = verifier.shared.backoff(retries);
+            assert!(wait <= Duration::from_millis(50), "{retries}: {wait:?}");
         }
     }
 }
