@@ -597,7 +597,7 @@ async fn keys_of_a_disabled_kind_never_refuse_keys_of_the_other_kind() {
         } else {
             USER
         };
-        let server = KeyServerConfig::new(PROJECT, SECRET);
+        let server = KeyServerConfig::new(PROJECT, SECRET).expect("config");
         let server = match disabled.kind {
             KeyKind::User => server.user_keys(false),
             _ => server.team_keys(false),
