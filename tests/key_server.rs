@@ -1199,11 +1199,16 @@ async fn server_access_is_admitted_under_every_header_family() {
 }
 
 /// Without any access header at all, Stack Auth answers `ACCESS_TYPE_REQUIRED` (the auth object
-/// is null and the route requires one). An empty credential header counts as absent.
+/// is null and the route requires one). An empty credential header counts as absent, and a
+/// user's access token is not a project credential.
 #[tokio::test]
 async fn no_access_headers_is_access_type_required() {
     let api = Api::new();
-    let cases: [&[(&str, &str)]; 2] = [&[], &[("x-stack-secret-server-key", "")]];
+    let cases: [&[(&str, &str)]; 3] = [
+        &[],
+        &[("x-stack-secret-server-key", "")],
+        &[("x-stack-access-token", "eyJhbGciOiJIUzI1NiJ9.e30.c2ln")],
+    ];
     for kind in KINDS {
         let owner = new_owner();
         let created = api.create(kind, &owner, "guarded", Value::Null).await;

@@ -36,7 +36,7 @@ pub(super) fn admit(config: &KeyServerConfig, headers: &HeaderMap, kind: KeyKind
             return Err(ApiError::known(
                 KnownErrorCode::ProjectKeyWithoutAccessType,
                 format!(
-                    "Either an access token or a project key was given, but the {} header is missing. Set it to 'client', 'server', or 'admin' as appropriate.",
+                    "Either an API key or an admin access token was provided, but the {} header is missing. Set it to 'client', 'server', or 'admin' as appropriate.",
                     ACCESS_TYPE.stack()
                 ),
             ));

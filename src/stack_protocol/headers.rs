@@ -93,14 +93,14 @@ pub const KNOWN_ERROR: HeaderTwin =
 /// Response: the request's id.
 pub const REQUEST_ID: HeaderTwin = HeaderTwin::new("x-stack-request-id", "x-hexclave-request-id");
 
-/// Request headers that carry a project key or a user token: a request with one of them but
-/// no access type is refused with `PROJECT_KEY_WITHOUT_ACCESS_TYPE`.
-pub const CREDENTIALS: [HeaderTwin; 5] = [
+/// Request headers that carry a project key or an admin token: a request with a non-empty one
+/// of them but no access type is refused with `PROJECT_KEY_WITHOUT_ACCESS_TYPE`. A user's
+/// [`ACCESS_TOKEN`] alone is not one of them (without an access type it is simply ignored).
+pub const CREDENTIALS: [HeaderTwin; 4] = [
     SECRET_SERVER_KEY,
     PUBLISHABLE_CLIENT_KEY,
     SUPER_SECRET_ADMIN_KEY,
     ADMIN_ACCESS_TOKEN,
-    ACCESS_TOKEN,
 ];
 
 #[cfg(test)]
@@ -140,6 +140,7 @@ mod tests {
     #[test]
     fn every_twin_pairs_the_same_suffix() {
         for twin in CREDENTIALS.iter().chain([
+            &ACCESS_TOKEN,
             &ACCESS_TYPE,
             &PROJECT_ID,
             &OVERRIDE_ERROR_STATUS,
