@@ -84,7 +84,7 @@ fn interleaved() {
     let median = |mut xs: Vec<f64>| {
         xs.sort_by(f64::total_cmp);
         let mid = xs.len() / 2;
-        if xs.len() % 2 == 0 {
+        if xs.len().is_multiple_of(2) {
             (xs[mid - 1] + xs[mid]) / 2.0
         } else {
             xs[mid]

@@ -99,7 +99,7 @@ fn reader(id: usize, board: Arc<Board>) {
             continue;
         };
         iteration += 1;
-        if round.churn && id == 0 && iteration % CHURN_EVERY == 0 {
+        if round.churn && id == 0 && iteration.is_multiple_of(CHURN_EVERY) {
             round.cache.invalidate(&round.key);
         }
         let probe = iteration % PROBES.len();
