@@ -1,6 +1,6 @@
 //! Minting keys, and bending them out of shape.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use keygate::key::{ApiKey, Deployment, KeyKind};
 use keygate::store::CreatedKey;
@@ -25,6 +25,11 @@ pub fn generated(kind: KeyKind, is_public: bool) -> ApiKey {
 /// A well-formed secret user key that no store knows.
 pub fn unknown_key() -> ApiKey {
     generated(KeyKind::User, false)
+}
+
+/// A well-formed secret user key that no store knows, as a caller sends it.
+pub fn unknown_secret() -> String {
+    unknown_key().expose_secret().to_owned()
 }
 
 /// `key` with its last checksum digit changed: well-formed in every other way.
@@ -107,9 +112,4 @@ pub fn now_ms() -> i64 {
 /// `offset_secs` from now, in milliseconds since the epoch.
 pub fn millis_from_now(offset_secs: i64) -> i64 {
     now_ms() + offset_secs * 1000
-}
-
-/// `SystemTime` `secs` ago.
-pub fn ago(secs: u64) -> SystemTime {
-    SystemTime::now() - Duration::from_secs(secs)
 }
