@@ -47,7 +47,7 @@ async fn burst(app: &Router, key: &str, n: usize) -> Vec<Reply> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. Single flight
+// Single flight
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +95,7 @@ async fn two_hundred_concurrent_requests_with_an_unknown_key_cost_one_call() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2. Hits cost nothing; the counters say so
+// Hits cost nothing; the counters say so
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -161,7 +161,7 @@ async fn a_cache_hit_costs_no_call_and_the_stats_agree() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4. A cached valid verdict never outlives the key
+// A cached valid verdict never outlives the key
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -205,7 +205,7 @@ async fn a_key_that_expires_while_cached_is_refused_after_its_expiry() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. Malformed keys never cost a lookup
+// Malformed keys never cost a lookup
 // ---------------------------------------------------------------------------------------------
 
 /// RFC 6750 `b64token` characters (without `=` padding), so every value is a syntactically valid
@@ -315,7 +315,7 @@ async fn ten_thousand_malformed_keys_cost_no_call_and_a_hot_key_still_passes() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 6. Errors are never cached
+// Errors are never cached
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -372,7 +372,7 @@ async fn a_verifier_error_does_not_hide_a_key_that_was_unknown_before() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 7. Negative verdicts: cached, with their own TTL
+// Negative verdicts: cached, with their own TTL
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -416,7 +416,7 @@ async fn an_invalid_verdict_lapses_after_the_negative_ttl() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 8. A flood of unknown keys cannot evict valid verdicts
+// A flood of unknown keys cannot evict valid verdicts
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]

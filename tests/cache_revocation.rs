@@ -16,7 +16,7 @@ use keygate::{CachedVerifier, KeyVerifier, RequireApiKey, Verdict};
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------------
-// 3. Revocation and invalidation take effect at once
+// Revocation and invalidation take effect at once
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -136,7 +136,7 @@ async fn invalidate_key_id_invalidate_and_invalidate_all_force_a_new_call() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 9. A revocation racing an in-flight lookup
+// A revocation racing an in-flight lookup
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

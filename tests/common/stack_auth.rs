@@ -8,18 +8,17 @@
 use std::time::Duration;
 
 use axum::http::header::RETRY_AFTER;
-use axum::http::StatusCode;
-use axum::routing::get;
 use axum::Router;
 use keygate::key::{ApiKey, KeyKind};
 use keygate::stack_auth::{
     StackAuthClient, StackAuthConfig, StackAuthVerifier, StackAuthVerifierBuilder,
 };
 use keygate::verify::{VerifyError, VerifyErrorKind};
-use keygate::{AuthenticatedUser, CachedVerifier, RequireApiKey, Verdict};
+use keygate::{CachedVerifier, RequireApiKey, Verdict};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::app::routes;
 use super::http::{bearer, send, Reply, INVALID};
 use super::keys::generated;
 use super::kinds::USER;
@@ -87,11 +86,7 @@ pub fn assert_error(result: &Result<Verdict, VerifyError>, kind: VerifyErrorKind
     }
 }
 
-async fn whoami(user: AuthenticatedUser) -> String {
-    user.user_id.to_string()
-}
-
-/// A router guarded by `RequireApiKey(CachedVerifier(StackAuthVerifier))` (users only), and a
+/// The test routes guarded by `RequireApiKey(CachedVerifier(StackAuthVerifier))` (users only), and a
 /// handle on the cache for its stats.
 pub struct Gate {
     pub cache: CachedVerifier<StackAuthVerifier>,
@@ -102,9 +97,7 @@ pub struct Gate {
 impl Gate {
     pub fn new(builder: StackAuthVerifierBuilder, key: &ApiKey) -> Self {
         let cache = CachedVerifier::new(builder.build().expect("verifier"));
-        let app = Router::new()
-            .route("/", get(whoami))
-            .layer(RequireApiKey::new(cache.clone()).users_only());
+        let app = routes().layer(RequireApiKey::new(cache.clone()).users_only());
         Self {
             cache,
             app,
@@ -112,9 +105,9 @@ impl Gate {
         }
     }
 
-    /// `GET /` with the key.
+    /// `GET /me` with the key.
     pub async fn send(&self) -> Reply {
-        send(&self.app, "/", &[bearer(&self.key)]).await
+        send(&self.app, "/me", &[bearer(&self.key)]).await
     }
 }
 
@@ -190,8 +183,9 @@ pub fn assert_answer(
     let context = format!("{name}: got {} {:?} {}", a.status, a.headers, a.text());
     match outcome {
         Outcome::Valid => {
-            assert_eq!(a.status, StatusCode::OK, "{context}");
-            assert_eq!(a.text(), f.user_id, "{context}");
+            let body = a.assert_ok(&context);
+            assert_eq!(body["user_id"], f.user_id, "{context}");
+            assert_eq!(body["key_id"], f.key.key_id().to_string(), "{context}");
         }
         Outcome::Invalid => a.assert_rejected(&INVALID, &context),
         Outcome::Unavailable => {
