@@ -259,10 +259,10 @@ async fn duration_max_in_every_knob_saturates() {
 // ---------------------------------------------------------------------------------------------
 
 /// Set (to a base URL) only in the child process of
-/// `default_client_takes_its_proxy_from_the_environment`.
+/// `default_client_ignores_the_environments_proxy`.
 const PROXY_PROBE: &str = "KEYGATE_FAULTS_PROXY_PROBE";
 
-/// Child half of `default_client_takes_its_proxy_from_the_environment`; does nothing otherwise.
+/// Child half of `default_client_ignores_the_environments_proxy`; does nothing otherwise.
 #[tokio::test]
 async fn proxy_probe_child() {
     let Ok(base_url) = std::env::var(PROXY_PROBE) else {

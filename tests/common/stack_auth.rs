@@ -86,8 +86,8 @@ pub fn assert_error(result: &Result<Verdict, VerifyError>, kind: VerifyErrorKind
     }
 }
 
-/// The test routes guarded by `RequireApiKey(CachedVerifier(StackAuthVerifier))` (users only), and a
-/// handle on the cache for its stats.
+/// The test routes guarded by `RequireApiKey(CachedVerifier(StackAuthVerifier))` (users only),
+/// and a handle on the cache for its stats.
 pub struct Gate {
     pub cache: CachedVerifier<StackAuthVerifier>,
     app: Router,
