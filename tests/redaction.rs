@@ -2,9 +2,8 @@
 //! headers, not in any `Debug`/`Display` output. Driven over real loopback HTTP (axum::serve on
 //! 127.0.0.1, a raw HTTP/1.1 client), so that whatever hyper and axum log is captured as well.
 
-mod common_cache;
+mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -13,7 +12,11 @@ use axum::body::Body;
 use axum::http::{HeaderName, Response};
 use axum::routing::get;
 use axum::Router;
-use common_cache::{unknown_key, whoami, CountingVerifier, X_KEY};
+use common::app::whoami;
+use common::http::X_KEY;
+use common::keys::{unknown_key, with_bad_checksum, with_char};
+use common::logs::LogCapture;
+use common::verifier::CountingVerifier;
 use keygate::key::{ApiKey, Deployment, KeyKind};
 use keygate::store::CreatedKey;
 use keygate::verify::{VerifyError, VerifyErrorKind};
@@ -24,23 +27,6 @@ use keygate::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
-
-/// An `io::Write` into a shared buffer, for the tracing subscriber.
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// `GET path` over a fresh connection; the status and the whole raw response (head and body).
 async fn get_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
@@ -99,35 +85,14 @@ fn bearer(
 /// `key` with one character of its secret part changed: malformed (bad checksum), and holding
 /// 44 of the 45 secret characters of `key`.
 fn mutated(key: &str) -> String {
-    let mut bytes = key.as_bytes().to_vec();
-    bytes[10] = if bytes[10] == b'a' { b'b' } else { b'a' };
-    String::from_utf8(bytes).expect("ascii")
-}
-
-/// `key` with its checksum replaced.
-fn wrong_checksum(key: &str) -> String {
-    let checksum = if &key[94..] == "00000000" {
-        "11111111"
-    } else {
-        "00000000"
-    };
-    format!("{}{checksum}", &key[..94])
+    with_char(key, 10, if &key[10..11] == "a" { 'b' } else { 'a' })
 }
 
 #[tokio::test]
 async fn no_key_is_revealed_by_logs_bodies_or_debug_output() {
     // Everything keygate, axum and hyper log at TRACE, on this thread (current-thread runtime:
-    // the server's tasks run here too), goes into `log`.
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let log = Arc::clone(&log);
-            move || Capture(Arc::clone(&log))
-        })
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    // the server's tasks run here too).
+    let log = LogCapture::start();
 
     // Keys of every sort.
     let good = CountingVerifier::new();
@@ -155,7 +120,7 @@ async fn no_key_is_revealed_by_logs_bodies_or_debug_output() {
     let unreachable = flaky.create_user_key("unreachable").await;
 
     let malformed_one_char = mutated(valid.key.expose_secret());
-    let malformed_checksum = wrong_checksum(valid.key.expose_secret());
+    let malformed_checksum = with_bad_checksum(valid.key.expose_secret());
     let too_long = valid.key.expose_secret().repeat(6); // 612 bytes, past the 512-byte cap
     let wrong_length = &valid.key.expose_secret()[..101];
     for bad in [
@@ -344,7 +309,7 @@ async fn no_key_is_revealed_by_logs_bodies_or_debug_output() {
         bearer(
             "team key with a bad checksum on a user route",
             "/user",
-            &wrong_checksum(team.key.expose_secret()),
+            &with_bad_checksum(team.key.expose_secret()),
             401,
             "API_KEY_INVALID",
         ),
@@ -415,8 +380,7 @@ async fn no_key_is_revealed_by_logs_bodies_or_debug_output() {
     );
     shown.push_str(&recorded);
 
-    let log = String::from_utf8(log.lock().unwrap_or_else(PoisonError::into_inner).clone())
-        .expect("utf-8 log");
+    let log = log.text();
     assert!(
         !log.is_empty(),
         "nothing was logged, so nothing was checked"
@@ -437,7 +401,7 @@ async fn no_key_is_revealed_by_logs_bodies_or_debug_output() {
         ("wrong checksum", &malformed_checksum),
         (
             "team, wrong checksum",
-            &wrong_checksum(team.key.expose_secret()),
+            &with_bad_checksum(team.key.expose_secret()),
         ),
     ] {
         secrets.push((format!("{name} (full key)"), key.to_owned()));

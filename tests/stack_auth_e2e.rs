@@ -1,120 +1,59 @@
 //! End to end over loopback HTTP: keygate's key server (`keygate::server::key_server`) plays
-//! Stack Auth on `127.0.0.1:<random port>`; `StackAuthVerifier` behind a `CachedVerifier` behind
-//! `RequireApiKey` guards an axum app, and `StackAuthClient` (the verifier's admin client)
-//! manages keys.
+//! Stack Auth on `127.0.0.1:<random port>` (the harness's upstream, serving the Router);
+//! `StackAuthVerifier` behind a `CachedVerifier` behind `RequireApiKey` guards an axum app, and
+//! `StackAuthClient` (the verifier's admin client) manages keys.
 //!
-//! The key server is wrapped in a middleware that counts requests to `…/check`, so every test
-//! asserts the exact number of upstream checks: one per uncached key, none on a cache hit (valid
-//! or invalid), one after a revocation through the admin client, one per request while the
-//! verifier is misconfigured (errors are never cached).
+//! The upstream counts requests to `…/check`, so every test asserts the exact number of
+//! upstream checks: one per uncached key, none on a cache hit (valid or invalid), one after a
+//! revocation through the admin client, one per request while the verifier is misconfigured
+//! (errors are never cached).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::Next;
+use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
-use http_body_util::BodyExt;
-use keygate::key::{ApiKey, Deployment, KeyKind};
+use axum::Router;
+use common::app::{me, principal, team};
+use common::http::{bearer, send, Reply, INVALID, SCOPE};
+use common::key_api::{PROJECT, SECRET};
+use common::kinds::{Kind, KINDS, TEAM, USER};
+use common::upstream::Upstream;
+use keygate::key::KeyKind;
 use keygate::server::{key_server, KeyServerConfig};
 use keygate::stack_auth::{StackAuthClient, StackAuthConfig, StackAuthError, StackAuthVerifier};
 use keygate::store::CreatedKey;
-use keygate::{
-    AuthenticatedTeam, AuthenticatedUser, CachedVerifier, MemoryKeyStore, NewKey, Owner, Principal,
-    RequireApiKey,
-};
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use keygate::{CachedVerifier, MemoryKeyStore, NewKey, Owner, RequireApiKey};
+use serde_json::json;
 use uuid::Uuid;
 
-const PROJECT: &str = "0f6c0f5e-8a0e-4c38-9d7e-3b0b8c1d2e3f";
-const SECRET: &str = "ssk_keygate_e2e_secret_server_key";
-
 // ---------------------------------------------------------------------------------------------
-// The upstream: a key server on a loopback port, counting checks
+// The upstream and the guarded app
 // ---------------------------------------------------------------------------------------------
 
-struct Upstream {
-    addr: SocketAddr,
-    checks: Arc<AtomicUsize>,
-}
-
-impl Upstream {
-    async fn start(config: KeyServerConfig) -> Self {
-        let checks = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&checks);
-        let app = key_server(MemoryKeyStore::new(), config).layer(axum::middleware::from_fn(
-            move |request: Request, next: Next| {
-                let counter = Arc::clone(&counter);
-                async move {
-                    if request.uri().path().ends_with("/check") {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                    }
-                    next.run(request).await
-                }
-            },
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let addr = listener.local_addr().expect("local addr");
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("key server");
-        });
-        Self { addr, checks }
-    }
-
-    /// Upstream `…/check` requests so far.
-    fn checks(&self) -> usize {
-        self.checks.load(Ordering::SeqCst)
-    }
-
-    fn config(&self, secret: &str) -> StackAuthConfig {
-        StackAuthConfig::new(PROJECT, secret).base_url(format!("http://{}", self.addr))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The guarded app
-// ---------------------------------------------------------------------------------------------
-
-async fn user_route(user: AuthenticatedUser) -> Json<Value> {
-    Json(json!({ "user_id": &*user.user_id, "key_id": user.key_id }))
-}
-
-async fn team_route(team: AuthenticatedTeam) -> Json<Value> {
-    Json(json!({ "team_id": &*team.team_id, "key_id": team.key_id }))
-}
-
-async fn any_route(principal: Principal) -> Json<Value> {
-    Json(json!({
-        "kind": principal.kind().as_str(),
-        "owner_id": principal.owner_id(),
-        "key_id": principal.key_id(),
-    }))
-}
-
-/// `/users` (users only), `/teams` (teams only) and `/any`, each behind its own `RequireApiKey`
-/// over one shared cache.
+/// `/me` (users only), `/team` (teams only) and `/principal`, each behind its own
+/// `RequireApiKey` over one shared cache.
 fn guarded_app(cache: &CachedVerifier<StackAuthVerifier>) -> Router {
     Router::new()
         .route(
-            "/users",
-            get(user_route).layer(RequireApiKey::new(cache.clone()).users_only()),
+            "/me",
+            get(me).layer(RequireApiKey::new(cache.clone()).users_only()),
         )
         .route(
-            "/teams",
-            get(team_route).layer(RequireApiKey::new(cache.clone()).teams_only()),
+            "/team",
+            get(team).layer(RequireApiKey::new(cache.clone()).teams_only()),
         )
         .route(
-            "/any",
-            get(any_route).layer(RequireApiKey::new(cache.clone())),
+            "/principal",
+            get(principal).layer(RequireApiKey::new(cache.clone())),
         )
+}
+
+/// Stack Auth's settings for `upstream`, presenting `secret`.
+fn stack_config(upstream: &Upstream, secret: &str) -> StackAuthConfig {
+    StackAuthConfig::new(PROJECT, secret).base_url(upstream.base_url())
 }
 
 /// Everything one test needs.
@@ -136,8 +75,8 @@ impl Env {
 
     /// A key server with `server` config, and a verifier that presents `secret`.
     async fn with(server: KeyServerConfig, secret: &str) -> Self {
-        let upstream = Upstream::start(server).await;
-        let verifier = StackAuthVerifier::builder(upstream.config(secret))
+        let upstream = Upstream::serve(key_server(MemoryKeyStore::new(), server)).await;
+        let verifier = StackAuthVerifier::builder(stack_config(&upstream, secret))
             .build()
             .expect("verifier");
         let admin = verifier.admin_client();
@@ -151,94 +90,13 @@ impl Env {
         }
     }
 
+    /// Upstream `…/check` requests so far.
     fn checks(&self) -> usize {
-        self.upstream.checks()
+        self.upstream.calls_to("/check")
     }
 
     async fn get(&self, path: &str, key: &str) -> Reply {
-        send(&self.app, path, key).await
-    }
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-async fn send(app: &Router, path: &str, key: &str) -> Reply {
-    let request = axum::http::Request::builder()
-        .uri(path)
-        .header(header::AUTHORIZATION, format!("Bearer {key}"))
-        .body(Body::empty())
-        .expect("request");
-    let response = app.clone().oneshot(request).await.expect("infallible");
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.expect("body").to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "{path}: body is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-#[track_caller]
-fn assert_refused(reply: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(reply.status, status, "{reply:?}");
-    assert_eq!(reply.body["code"], code, "{reply:?}");
-}
-
-// ---------------------------------------------------------------------------------------------
-// The table: what differs between user keys and team keys
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug)]
-struct Kind {
-    kind: KeyKind,
-    /// The route that accepts this kind.
-    own_route: &'static str,
-    /// The route that accepts only the other kind.
-    wrong_route: &'static str,
-    /// The field `own_route` answers the owner in.
-    owner_field: &'static str,
-}
-
-const USER: Kind = Kind {
-    kind: KeyKind::User,
-    own_route: "/users",
-    wrong_route: "/teams",
-    owner_field: "user_id",
-};
-
-const TEAM: Kind = Kind {
-    kind: KeyKind::Team,
-    own_route: "/teams",
-    wrong_route: "/users",
-    owner_field: "team_id",
-};
-
-const KINDS: [Kind; 2] = [USER, TEAM];
-
-impl Kind {
-    /// A fresh owner (Stack Auth's ids are UUIDs, and the key server insists on them).
-    fn new_owner(self) -> Owner {
-        let id = Uuid::new_v4().to_string();
-        match self.kind {
-            KeyKind::User => Owner::user(id),
-            _ => Owner::team(id),
-        }
-    }
-
-    /// A well-formed key of this kind that no server ever issued.
-    fn unknown_key(self) -> ApiKey {
-        ApiKey::generate(Uuid::new_v4(), self.kind, false, Deployment::SelfHosted).expect("rng")
+        send(&self.app, path, &[bearer(key)]).await
     }
 }
 
@@ -266,11 +124,11 @@ async fn lifecycle(kind: Kind) {
     let key = created.key.expose_secret();
     assert_eq!(env.checks(), 0, "creating a key checks nothing");
 
-    let reply = env.get(kind.own_route, key).await;
+    let reply = env.get(kind.route, key).await;
     assert_eq!(reply.status, StatusCode::OK, "{kind:?}: {reply:?}");
-    assert_eq!(reply.body[kind.owner_field], owner.id(), "{reply:?}");
+    assert_eq!(reply.json()[kind.owner_field], owner.id(), "{reply:?}");
     assert_eq!(
-        reply.body["key_id"],
+        reply.json()["key_id"],
         created.record.id.to_string(),
         "{reply:?}"
     );
@@ -280,12 +138,12 @@ async fn lifecycle(kind: Kind) {
         "{kind:?}: the first request checks upstream once"
     );
 
-    let reply = env.get(kind.own_route, key).await;
+    let reply = env.get(kind.route, key).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    let reply = env.get("/any", key).await;
+    let reply = env.get("/principal", key).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    assert_eq!(reply.body["owner_id"], owner.id(), "{reply:?}");
-    assert_eq!(reply.body["kind"], kind.kind.as_str(), "{reply:?}");
+    assert_eq!(reply.json()["owner_id"], owner.id(), "{reply:?}");
+    assert_eq!(reply.json()["kind"], kind.kind.as_str(), "{reply:?}");
     assert_eq!(env.checks(), 1, "{kind:?}: cache hits cost no check");
 
     let revoked = env
@@ -295,49 +153,49 @@ async fn lifecycle(kind: Kind) {
         .expect("revoke");
     assert!(revoked.revoked_at.is_some(), "{revoked:?}");
     assert_eq!(env.checks(), 1, "revoking checks nothing");
-    let reply = env.get(kind.own_route, key).await;
-    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    let reply = env.get(kind.route, key).await;
+    reply.assert_rejected(&INVALID, &format!("{kind:?}"));
     assert_eq!(
         env.checks(),
         2,
         "{kind:?}: the revocation emptied the cache, so exactly one more check"
     );
-    let reply = env.get("/any", key).await;
-    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    let reply = env.get("/principal", key).await;
+    reply.assert_rejected(&INVALID, &format!("{kind:?}"));
     assert_eq!(env.checks(), 2, "{kind:?}: the refusal is cached");
 
     let past = SystemTime::now() - Duration::from_secs(60);
     let expired = create(&env.admin, &owner, NewKey::new("expired").expires_at(past)).await;
-    let reply = env.get(kind.own_route, expired.key.expose_secret()).await;
-    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    let reply = env.get(kind.route, expired.key.expose_secret()).await;
+    reply.assert_rejected(&INVALID, &format!("{kind:?}"));
     assert_eq!(env.checks(), 3, "{kind:?}: an expired key costs one check");
 
     let fresh = create(&env.admin, &owner, NewKey::new("fresh")).await;
-    let reply = env.get(kind.wrong_route, fresh.key.expose_secret()).await;
-    assert_refused(&reply, StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE");
+    let reply = env.get(kind.other().route, fresh.key.expose_secret()).await;
+    reply.assert_rejected(&SCOPE, &format!("{kind:?}"));
     assert_eq!(
         env.checks(),
         3,
         "{kind:?}: refused from the key itself, no check"
     );
-    let reply = env.get(kind.own_route, fresh.key.expose_secret()).await;
+    let reply = env.get(kind.route, fresh.key.expose_secret()).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    assert_eq!(reply.body["key_id"], fresh.record.id.to_string());
+    assert_eq!(reply.json()["key_id"], fresh.record.id.to_string());
     assert_eq!(env.checks(), 4, "{kind:?}: its own route checks it once");
-    let reply = env.get(kind.own_route, fresh.key.expose_secret()).await;
+    let reply = env.get(kind.route, fresh.key.expose_secret()).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     assert_eq!(env.checks(), 4, "{kind:?}: the valid verdict was cached");
 
     let unknown = kind.unknown_key();
-    let reply = env.get(kind.own_route, unknown.expose_secret()).await;
-    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    let reply = env.get(kind.route, unknown.expose_secret()).await;
+    reply.assert_rejected(&INVALID, &format!("{kind:?}"));
     assert_eq!(env.checks(), 5, "{kind:?}: an unknown key costs one check");
-    let reply = env.get(kind.own_route, unknown.expose_secret()).await;
-    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    let reply = env.get(kind.route, unknown.expose_secret()).await;
+    reply.assert_rejected(&INVALID, &format!("{kind:?}"));
     assert_eq!(env.checks(), 5, "{kind:?}: negative cache");
 
-    let reply = env.get(kind.own_route, "sk_not_a_stack_auth_key").await;
-    assert_refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+    let reply = env.get(kind.route, "sk_not_a_stack_auth_key").await;
+    reply.assert_rejected(&INVALID, &format!("{kind:?}"));
     assert_eq!(env.checks(), 5, "{kind:?}: a malformed key costs no check");
 
     let stats = env.cache.stats();
@@ -475,7 +333,7 @@ async fn admin_errors_carry_the_known_error_code() {
     }
 
     // Another secret: INVALID_SECRET_SERVER_KEY, with the project in the details.
-    let wrong = StackAuthClient::new(env.upstream.config("ssk_wrong")).expect("client");
+    let wrong = StackAuthClient::new(stack_config(&env.upstream, "ssk_wrong")).expect("client");
     let error = wrong
         .list(&USER.new_owner())
         .await
@@ -497,28 +355,6 @@ async fn admin_errors_carry_the_known_error_code() {
 // Misconfiguration: 503, never cached
 // ---------------------------------------------------------------------------------------------
 
-#[track_caller]
-fn assert_unavailable(reply: &Reply) {
-    assert_refused(
-        reply,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "VERIFIER_UNAVAILABLE",
-    );
-    let retry_after = reply
-        .headers
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_else(|| panic!("503 without Retry-After: {reply:?}"));
-    assert!(
-        retry_after.parse::<u64>().is_ok_and(|s| s >= 1),
-        "Retry-After: {retry_after}"
-    );
-    assert!(
-        reply.headers.get(header::WWW_AUTHENTICATE).is_none(),
-        "a verifier failure never blames the key: {reply:?}"
-    );
-}
-
 /// A verifier with the wrong secret server key: the upstream answers 401
 /// `INVALID_SECRET_SERVER_KEY`, which is the operator's fault, not the caller's: 503, not 401,
 /// and not cached, so the next request asks upstream again.
@@ -529,18 +365,18 @@ async fn a_wrong_secret_is_503_and_never_cached() {
         "ssk_wrong",
     )
     .await;
-    let good = StackAuthClient::new(env.upstream.config(SECRET)).expect("client");
+    let good = StackAuthClient::new(stack_config(&env.upstream, SECRET)).expect("client");
     for (i, kind) in KINDS.into_iter().enumerate() {
         let owner = kind.new_owner();
         let created = create(&good, &owner, NewKey::new("valid")).await;
         let before = env.checks();
         assert_eq!(before, 2 * i);
 
-        let reply = env.get(kind.own_route, created.key.expose_secret()).await;
-        assert_unavailable(&reply);
+        let reply = env.get(kind.route, created.key.expose_secret()).await;
+        reply.assert_unavailable("misconfigured");
         assert_eq!(env.checks(), before + 1, "{kind:?}: one check, no retry");
-        let reply = env.get(kind.own_route, created.key.expose_secret()).await;
-        assert_unavailable(&reply);
+        let reply = env.get(kind.route, created.key.expose_secret()).await;
+        reply.assert_unavailable("misconfigured");
         assert_eq!(env.checks(), before + 2, "{kind:?}: errors are not cached");
     }
     assert_eq!(env.cache.stats().errors, 4);
@@ -558,11 +394,11 @@ async fn disabled_user_keys_upstream_is_503() {
     )
     .await;
     let user_key = USER.unknown_key();
-    let reply = env.get("/users", user_key.expose_secret()).await;
-    assert_unavailable(&reply);
+    let reply = env.get("/me", user_key.expose_secret()).await;
+    reply.assert_unavailable("misconfigured");
     assert_eq!(env.checks(), 1);
-    let reply = env.get("/users", user_key.expose_secret()).await;
-    assert_unavailable(&reply);
+    let reply = env.get("/me", user_key.expose_secret()).await;
+    reply.assert_unavailable("misconfigured");
     assert_eq!(env.checks(), 2, "errors are not cached");
 
     let error = env
@@ -579,9 +415,9 @@ async fn disabled_user_keys_upstream_is_503() {
 
     let owner = TEAM.new_owner();
     let team = create(&env.admin, &owner, NewKey::new("team")).await;
-    let reply = env.get("/teams", team.key.expose_secret()).await;
+    let reply = env.get("/team", team.key.expose_secret()).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    assert_eq!(reply.body["team_id"], owner.id());
+    assert_eq!(reply.json()["team_id"], owner.id());
     assert_eq!(env.checks(), 3);
 }
 
@@ -592,11 +428,7 @@ async fn disabled_user_keys_upstream_is_503() {
 #[tokio::test]
 async fn keys_of_a_disabled_kind_never_refuse_keys_of_the_other_kind() {
     for disabled in KINDS {
-        let enabled = if disabled.kind == KeyKind::User {
-            TEAM
-        } else {
-            USER
-        };
+        let enabled = disabled.other();
         let server = KeyServerConfig::new(PROJECT, SECRET).expect("config");
         let server = match disabled.kind {
             KeyKind::User => server.user_keys(false),
@@ -608,19 +440,19 @@ async fn keys_of_a_disabled_kind_never_refuse_keys_of_the_other_kind() {
 
         for n in 1..=8 {
             let reply = env
-                .get("/any", disabled.unknown_key().expose_secret())
+                .get("/principal", disabled.unknown_key().expose_secret())
                 .await;
-            assert_unavailable(&reply);
+            reply.assert_unavailable("misconfigured");
             assert_eq!(env.checks(), n, "{disabled:?} key {n} was checked upstream");
         }
-        let reply = env.get("/any", valid.key.expose_secret()).await;
+        let reply = env.get("/principal", valid.key.expose_secret()).await;
         assert_eq!(
             reply.status,
             StatusCode::OK,
             "{disabled:?} disabled: {reply:?}"
         );
-        assert_eq!(reply.body["owner_id"], owner.id(), "{reply:?}");
-        assert_eq!(reply.body["kind"], enabled.kind.as_str(), "{reply:?}");
+        assert_eq!(reply.json()["owner_id"], owner.id(), "{reply:?}");
+        assert_eq!(reply.json()["kind"], enabled.kind.as_str(), "{reply:?}");
         assert_eq!(env.checks(), 9);
     }
 }
@@ -641,14 +473,14 @@ async fn concurrent_requests_with_one_new_key_cost_one_check() {
         .map(|_| {
             let app = env.app.clone();
             let key = Arc::clone(&key);
-            tokio::spawn(async move { send(&app, "/users", &key).await })
+            tokio::spawn(async move { send(&app, "/me", &[bearer(&key)]).await })
         })
         .collect();
     let mut ok = 0;
     for task in tasks {
         let reply = task.await.expect("task");
         assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-        assert_eq!(reply.body["user_id"], owner.id());
+        assert_eq!(reply.json()["user_id"], owner.id());
         ok += 1;
     }
     assert_eq!(ok, 500);

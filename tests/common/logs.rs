@@ -1,0 +1,55 @@
+//! The one log capture: every event on this thread, at TRACE, as plain text.
+
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tracing::subscriber::DefaultGuard;
+
+/// An in-memory writer for `tracing_subscriber::fmt`, installed as this thread's default
+/// subscriber for as long as it lives. Under `#[tokio::test]` (a current-thread runtime) every
+/// task of the test, the server's included, runs on this thread.
+pub struct LogCapture {
+    buf: Writer,
+    _guard: DefaultGuard,
+}
+
+#[derive(Clone, Default)]
+struct Writer(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    /// Starts capturing: no ANSI colours, no timestamps (each line starts with its level).
+    pub fn start() -> Self {
+        let buf = Writer::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        Self {
+            buf,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.0.lock().unwrap_or_else(PoisonError::into_inner))
+            .into_owned()
+    }
+}

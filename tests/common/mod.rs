@@ -1,0 +1,22 @@
+//! The one test harness shared by every integration test binary: a counting verifier, one
+//! request/response helper with the error-table assertions, router builders, the user/team
+//! kinds table, key minting, log capture, and (with their features) the scripted loopback
+//! upstream and the Stack Auth and key-server helpers.
+
+// Each test binary uses a different subset of the harness.
+#![allow(dead_code)]
+
+pub mod app;
+pub mod http;
+pub mod keys;
+pub mod kinds;
+pub mod logs;
+pub mod rng;
+pub mod verifier;
+
+#[cfg(feature = "server")]
+pub mod key_api;
+#[cfg(feature = "stack-auth")]
+pub mod stack_auth;
+#[cfg(feature = "stack-auth")]
+pub mod upstream;
