@@ -210,3 +210,135 @@ async fn postgres_schema_names_are_checked() {
     assert!(matches!(error, StoreError::Backend { .. }));
     assert!(error.to_string().contains("schema name"), "{error}");
 }
+
+#[cfg(feature = "postgres")]
+mod postgres_schema {
+    use std::collections::HashSet;
+
+    use keygate::store::REVOCATION_CHANNEL;
+    use sqlx::postgres::PgListener;
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// The next notification on the channel about one of `ids` (others' tests share the channel).
+    async fn next_of(listener: &mut PgListener, ids: &HashSet<Uuid>) -> Uuid {
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+                .await
+                .expect("a notification within 5 s")
+                .expect("listener");
+            assert_eq!(n.channel(), REVOCATION_CHANNEL);
+            let id = Uuid::try_parse(n.payload()).expect("the payload is a key id, nothing else");
+            if ids.contains(&id) {
+                return id;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_trigger_notifies_revocations_expiry_changes_and_deletions_once() {
+        let Some((store, _schema)) = store_suite::postgres().await else {
+            return;
+        };
+        let mut listener = PgListener::connect_with(store.pool())
+            .await
+            .expect("listen");
+        listener.listen(REVOCATION_CHANNEL).await.expect("listen");
+        let owner = new_owner(KeyKind::User);
+        let mut keys = Vec::new();
+        for i in 0..5 {
+            keys.push(
+                store
+                    .create(owner.clone(), NewKey::new(format!("k{i}")))
+                    .await
+                    .expect("create")
+                    .record
+                    .id,
+            );
+        }
+        let ids: HashSet<Uuid> = keys.iter().copied().collect();
+
+        store.revoke(keys[0]).await.expect("revoke");
+        assert_eq!(next_of(&mut listener, &ids).await, keys[0]);
+        // Changes that revoke nothing are silent: a second revoke, a new description, a create.
+        store.revoke(keys[0]).await.expect("revoke again");
+        store
+            .update_description(keys[1], "renamed".into())
+            .await
+            .expect("update");
+        store.revoke(keys[2]).await.expect("revoke");
+        assert_eq!(
+            next_of(&mut listener, &ids).await,
+            keys[2],
+            "nothing was sent between the two revocations"
+        );
+        sqlx::query("UPDATE keygate_api_keys SET expires_at = 1 WHERE id = $1")
+            .bind(keys[3])
+            .execute(store.pool())
+            .await
+            .expect("expire");
+        assert_eq!(next_of(&mut listener, &ids).await, keys[3]);
+        sqlx::query("DELETE FROM keygate_api_keys WHERE id = $1")
+            .bind(keys[4])
+            .execute(store.pool())
+            .await
+            .expect("delete");
+        assert_eq!(next_of(&mut listener, &ids).await, keys[4]);
+        // A rolled-back revocation sends nothing.
+        let mut tx = store.pool().begin().await.expect("begin");
+        sqlx::query("UPDATE keygate_api_keys SET revoked_at = 1 WHERE id = $1")
+            .bind(keys[1])
+            .execute(&mut *tx)
+            .await
+            .expect("revoke in tx");
+        tx.rollback().await.expect("rollback");
+        store.revoke(keys[1]).await.expect("revoke");
+        let got = next_of(&mut listener, &ids).await;
+        assert_eq!(got, keys[1]);
+        assert_eq!(
+            store
+                .get(keys[1])
+                .await
+                .expect("get")
+                .and_then(|r| r.revoked_at)
+                .map(|t| t > std::time::UNIX_EPOCH + Duration::from_secs(1)),
+            Some(true),
+            "the committed revocation, not the rolled-back one"
+        );
+    }
+
+    #[tokio::test]
+    async fn checks_and_lists_use_the_indexes() {
+        let Some((store, _schema)) = store_suite::postgres().await else {
+            return;
+        };
+        let mut conn = store.pool().acquire().await.expect("conn");
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut *conn)
+            .await
+            .expect("set");
+        let plan = |sql: &'static str| sqlx::query_scalar::<_, String>(sql);
+        let check: Vec<String> =
+            plan("EXPLAIN SELECT id FROM keygate_api_keys WHERE digest = '\\x00'::bytea")
+                .fetch_all(&mut *conn)
+                .await
+                .expect("explain");
+        assert!(check[0].contains("keygate_api_keys_digest"), "{check:?}");
+        let list: Vec<String> = plan(
+            "EXPLAIN SELECT id FROM keygate_api_keys WHERE owner_kind = 'user' AND owner_id = 'u' \
+             ORDER BY created_at DESC, seq DESC",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .expect("explain");
+        assert!(
+            list.iter().any(|l| l.contains("keygate_api_keys_owner")),
+            "{list:?}"
+        );
+        assert!(
+            !list.iter().any(|l| l.contains("Sort")),
+            "no sort step: {list:?}"
+        );
+    }
+}
