@@ -435,7 +435,7 @@ async fn check_answers_like_stack_auth() {
                 match code {
                     None => {
                         let body = ok(&what, reply);
-                        let read = created.as_ref().map(|c| read_view(c)).expect("created");
+                        let read = created.as_ref().map(read_view).expect("created");
                         assert_eq!(body, read, "{what}: the check answers the Read body");
                     }
                     Some(code) => {

@@ -167,8 +167,7 @@ fn is_whole_millis(t: SystemTime) -> bool {
     t.duration_since(UNIX_EPOCH)
         .expect("after epoch")
         .subsec_nanos()
-        % 1_000_000
-        == 0
+        .is_multiple_of(1_000_000)
 }
 
 pub async fn create<S: KeyStore>(
