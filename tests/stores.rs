@@ -342,3 +342,45 @@ mod postgres_schema {
         );
     }
 }
+
+#[tokio::test]
+async fn sql_stores_mint_keys_for_their_deployment() {
+    use keygate::key::Deployment;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("cloud.db");
+    let default = SqliteKeyStore::open(&path).await.expect("open");
+    let created = default
+        .create(new_owner(KeyKind::User), NewKey::new("d"))
+        .await
+        .expect("create");
+    assert_eq!(created.key.parts().deployment, Deployment::SelfHosted);
+    let cloud = SqliteKeyStore::builder(&path)
+        .deployment(Deployment::Cloud)
+        .open()
+        .await
+        .expect("open");
+    let created = cloud
+        .create(new_owner(KeyKind::Team), NewKey::new("c"))
+        .await
+        .expect("create");
+    assert_eq!(created.key.parts().deployment, Deployment::Cloud);
+    assert!(cloud.verify(&created.key).await.expect("verify").is_valid());
+    #[cfg(feature = "postgres")]
+    if let Some(url) = store_suite::database_url() {
+        let schema = store_suite::PgSchema {
+            url: url.clone(),
+            name: store_suite::fresh_schema(),
+        };
+        let pg = keygate::PostgresKeyStore::builder(url)
+            .schema(&schema.name)
+            .deployment(Deployment::Cloud)
+            .connect()
+            .await
+            .expect("connect");
+        let created = pg
+            .create(new_owner(KeyKind::User), NewKey::new("c"))
+            .await
+            .expect("create");
+        assert_eq!(created.key.parts().deployment, Deployment::Cloud);
+    }
+}
