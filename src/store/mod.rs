@@ -16,7 +16,11 @@
 //! | `PostgresKeyStore` | `postgres` | in PostgreSQL, with a revocation trigger for other instances |
 //!
 //! The SQL stores use runtime-checked queries (building the crate needs no database) and run
-//! their embedded migrations when they open or connect.
+//! their embedded migrations (`migrations/` in the repository: one table, `keygate_api_keys`)
+//! when they open or connect. sqlx records them in `_sqlx_migrations` under version
+//! `20261201000001`; keygate ignores migrations it does not know, but an application that runs
+//! its own sqlx migrations on the same database must do the same (`set_ignore_missing`), or give
+//! keygate a schema of its own (`PostgresKeyStore::builder(url).schema("keygate")`).
 //!
 //! ```
 //! use keygate::store::{KeyStore, MemoryKeyStore, NewKey, WhyInvalid};
