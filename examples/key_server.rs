@@ -1,8 +1,14 @@
-//! A Stack Auth-compatible key server on the in-memory store (feature `server`).
+//! A Stack Auth-compatible key server whose keys survive a restart (features `server`, `sqlite`).
 //!
 //! ```text
-//! cargo run --example key_server --features server     # PORT=8102 by default
+//! cargo run --example key_server --features server,sqlite            # PORT=8102 by default
+//! KEYGATE_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
+//!     cargo run --example key_server --features server,sqlite,postgres
 //! ```
+//!
+//! `KEYGATE_DATABASE_URL` picks the store: a SQLite file path or `sqlite:` URL (default: the file
+//! `keygate.db` in the working directory, created on first start), or a `postgres://` URL
+//! (feature `postgres`). Either way the schema is created or migrated at start-up.
 //!
 //! `STACK_PROJECT_ID` and `STACK_SECRET_SERVER_KEY` set the credentials callers must present
 //! (defaults: `7f3c2a10-5b4e-4d6a-9c8b-1e2f3a4b5c6d`, `ssk_local_development_key`); an empty or short secret (under 16
@@ -12,8 +18,9 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use axum::Router;
 use keygate::server::{key_server, KeyServerConfig};
-use keygate::MemoryKeyStore;
+use keygate::SqliteKeyStore;
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -42,7 +49,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     };
-    let app = key_server(MemoryKeyStore::new(), config);
+    let database = env("KEYGATE_DATABASE_URL", "keygate.db");
+    let app = match store_app(&database, config).await {
+        Ok(app) => app,
+        Err(error) => {
+            eprintln!("key_server: {error}");
+            std::process::exit(2);
+        }
+    };
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = TcpListener::bind(addr).await?;
     let h = format!(
@@ -67,4 +81,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     Ok(())
+}
+
+/// The key server over the store `database` names.
+async fn store_app(database: &str, config: KeyServerConfig) -> Result<Router, String> {
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        {
+            let store = keygate::PostgresKeyStore::connect(database)
+                .await
+                .map_err(|e| with_cause("cannot use KEYGATE_DATABASE_URL", &e))?;
+            println!("keys are stored in PostgreSQL");
+            return Ok(key_server(store, config));
+        }
+        #[cfg(not(feature = "postgres"))]
+        return Err(
+            "KEYGATE_DATABASE_URL is a PostgreSQL URL: run with --features server,sqlite,postgres"
+                .into(),
+        );
+    }
+    let store = SqliteKeyStore::open(database)
+        .await
+        .map_err(|e| with_cause(&format!("cannot open SQLite database {database:?}"), &e))?;
+    println!("keys are stored in SQLite: {database}");
+    Ok(key_server(store, config))
+}
+
+fn with_cause(what: &str, error: &keygate::store::StoreError) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{what}: {error}: {cause}"),
+        None => format!("{what}: {error}"),
+    }
 }

@@ -26,5 +26,9 @@ pub use key::{ApiKey, KeyKind};
 pub use layer::{Mode, RequireApiKey, RequireApiKeyService};
 pub use principal::{AuthenticatedTeam, AuthenticatedUser, Principal};
 pub use reject::{DefaultResponder, Rejection, RejectionResponder};
+#[cfg(feature = "postgres")]
+pub use store::PostgresKeyStore;
+#[cfg(feature = "sqlite")]
+pub use store::SqliteKeyStore;
 pub use store::{KeyStore, MemoryKeyStore, NewKey};
 pub use verify::{KeyVerifier, Owner, Verdict};

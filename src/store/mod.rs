@@ -6,7 +6,21 @@
 //! - **revoke** is irreversible; revoking twice keeps the first timestamp.
 //! - A key is checked in Stack Auth's order: not found, wrong type, **revoked, then expired**.
 //!
-//! Stores keep only the SHA-256 digest of each key.
+//! Stores keep only the SHA-256 digest of each key. Three implement [`KeyStore`] and
+//! [`KeyVerifier`](crate::KeyVerifier) with the same semantics, checked by one conformance suite:
+//!
+//! | store | feature | keys live |
+//! | --- | --- | --- |
+//! | [`MemoryKeyStore`] | always | in the process |
+//! | `SqliteKeyStore` | `sqlite` | in a SQLite file (WAL), or `sqlite::memory:` |
+//! | `PostgresKeyStore` | `postgres` | in PostgreSQL, with a revocation trigger for other instances |
+//!
+//! The SQL stores use runtime-checked queries (building the crate needs no database) and run
+//! their embedded migrations (`migrations/` in the repository: one table, `keygate_api_keys`)
+//! when they open or connect. sqlx records them in `_sqlx_migrations` under version
+//! `20261201000001`; keygate ignores migrations it does not know, but an application that runs
+//! its own sqlx migrations on the same database must do the same (`set_ignore_missing`), or give
+//! keygate a schema of its own (`PostgresKeyStore::builder(url).schema("keygate")`).
 //!
 //! ```
 //! use keygate::store::{KeyStore, MemoryKeyStore, NewKey, WhyInvalid};
@@ -25,6 +39,14 @@
 //! ```
 
 mod memory;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +57,10 @@ use crate::key::{ApiKey, KeyKind};
 use crate::verify::{InvalidReason, KeyInfo, Owner, Verdict};
 
 pub use memory::MemoryKeyStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresKeyStore, PostgresKeyStoreBuilder, REVOCATION_CHANNEL};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteKeyStore, SqliteKeyStoreBuilder};
 
 /// What to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
