@@ -237,12 +237,11 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         let bars = &tiers.bars;
         let (digest, key_id) = (key.digest(), key.key_id());
         match result {
-            // A verdict about another key id is refused by the layer: not worth a slot.
-            Ok(Verdict::Valid(info)) if info.key_id == key_id && !info.is_expired() => {
+            Ok(Verdict::Valid(info)) if !info.is_expired() => {
                 if !bars.admits(born, key_id, true) {
                     return;
                 }
-                let Some(entry) = tiers.valid_entry(info, born, until) else {
+                let Some(entry) = tiers.valid_entry(key_id, info, born, until) else {
                     return;
                 };
                 tiers.invalid.invalidate(digest);

@@ -52,10 +52,12 @@ impl Tiers {
         }
     }
 
-    /// The entry for a valid verdict on a key born in epoch `born`, good until `until`; `None`
-    /// for an expiry the entry cannot hold (before 1970 or after 2554: not cached).
+    /// The entry for a valid verdict on the key with id `key_id`, from a lookup that started
+    /// in epoch `born`, good until `until`; `None` for an expiry the entry cannot hold (before
+    /// 1970 or after 2554: not cached).
     pub(super) fn valid_entry(
         &self,
+        key_id: Uuid,
         info: &KeyInfo,
         born: u64,
         until: Deadline,
@@ -68,9 +70,12 @@ impl Tiers {
                 .and_then(|d| u64::try_from(d.as_nanos()).ok())
                 .filter(|&nanos| nanos != NEVER)?,
         };
+        // A verifier that names another key id is refused by the layer; the entry is still
+        // barred by the key's own id, and gives back the id the verifier named.
+        let claimed_id = (info.key_id != key_id).then_some(info.key_id);
         Some(ValidEntry {
-            key_id: info.key_id,
-            owner: self.owners.intern(&info.owner, info.is_public),
+            key_id,
+            owner: self.owners.intern(&info.owner, info.is_public, claimed_id),
             expires,
             born,
             until,
@@ -90,6 +95,7 @@ const NEVER: u64 = u64::MAX;
 /// A cached valid verdict.
 #[derive(Clone)]
 pub(super) struct ValidEntry {
+    /// The id of the key it is about (from the key itself).
     pub(super) key_id: Uuid,
     owner: Arc<OwnerRecord>,
     /// When the key expires, in nanoseconds since 1970 ([`NEVER`]: it does not).
@@ -113,7 +119,7 @@ impl ValidEntry {
     /// The verdict as a [`KeyInfo`] this thread alone holds (see [`memo::private_copy`]).
     pub(super) fn private_info(&self) -> Arc<KeyInfo> {
         memo::private_copy(
-            self.key_id,
+            self.owner.claimed_id.unwrap_or(self.key_id),
             &self.owner.owner,
             self.owner.is_public,
             self.expires_at(),
@@ -130,10 +136,12 @@ pub(super) struct InvalidEntry {
     pub(super) born: u64,
 }
 
-/// What valid entries share: the owner and the key's `pk_` flag.
+/// What valid entries share: the owner and the key's `pk_` flag (and, from a verifier that
+/// contradicts the key, the key id it named instead: such a record is not shared).
 struct OwnerRecord {
     owner: Owner,
     is_public: bool,
+    claimed_id: Option<Uuid>,
 }
 
 /// One [`OwnerRecord`] per owner and flag while any entry holds it.
@@ -144,22 +152,23 @@ struct Owners {
 
 #[derive(Default)]
 struct OwnerTable {
-    map: HashMap<(Owner, bool), Weak<OwnerRecord>>,
+    map: HashMap<(Owner, bool, Option<Uuid>), Weak<OwnerRecord>>,
     /// Drop the dead records when there are more than this many.
     prune_at: usize,
 }
 
 impl Owners {
-    /// The record of `owner` with `is_public`: the live one, or a new one.
-    fn intern(&self, owner: &Owner, is_public: bool) -> Arc<OwnerRecord> {
+    /// The record of `owner` with `is_public` and `claimed_id`: the live one, or a new one.
+    fn intern(&self, owner: &Owner, is_public: bool, claimed_id: Option<Uuid>) -> Arc<OwnerRecord> {
         let mut table = self.records.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (owner.clone(), is_public);
+        let key = (owner.clone(), is_public, claimed_id);
         if let Some(record) = table.map.get(&key).and_then(Weak::upgrade) {
             return record;
         }
         let record = Arc::new(OwnerRecord {
             owner: owner.clone(),
             is_public,
+            claimed_id,
         });
         table.map.insert(key, Arc::downgrade(&record));
         if table.map.len() > table.prune_at {
@@ -224,7 +233,9 @@ mod tests {
         let info = KeyInfo::new(Uuid::new_v4(), Owner::team("t-1"), true)
             .with_expires_at(Some(at))
             .with_description("not kept");
-        let entry = tiers.valid_entry(&info, 3, hour()).expect("entry");
+        let entry = tiers
+            .valid_entry(info.key_id, &info, 3, hour())
+            .expect("entry");
         let back = entry.private_info();
         assert_eq!(
             (back.key_id, &back.owner, back.is_public, back.expires_at),
@@ -239,29 +250,41 @@ mod tests {
     fn expiries_the_entry_cannot_hold_are_not_cached() {
         let tiers = tiers();
         let info = |at| KeyInfo::new(Uuid::new_v4(), Owner::user("u"), false).with_expires_at(at);
-        assert!(tiers.valid_entry(&info(None), 0, hour()).is_some());
+        assert!(tiers
+            .valid_entry(Uuid::nil(), &info(None), 0, hour())
+            .is_some());
         let before_1970 = UNIX_EPOCH - Duration::from_secs(1);
         assert!(tiers
-            .valid_entry(&info(Some(before_1970)), 0, hour())
+            .valid_entry(Uuid::nil(), &info(Some(before_1970)), 0, hour())
             .is_none());
         let after_2554 = UNIX_EPOCH + Duration::from_secs(600 * 365 * 86_400);
         assert!(tiers
-            .valid_entry(&info(Some(after_2554)), 0, hour())
+            .valid_entry(Uuid::nil(), &info(Some(after_2554)), 0, hour())
             .is_none());
     }
 
     #[test]
     fn entries_of_one_owner_share_one_record_while_any_holds_it() {
         let tiers = tiers();
-        let info = |owner: &str, public| KeyInfo::new(Uuid::new_v4(), Owner::user(owner), public);
-        let a = tiers.valid_entry(&info("u", false), 0, hour());
-        let b = tiers.valid_entry(&info("u", false), 0, hour());
-        let public = tiers.valid_entry(&info("u", true), 0, hour());
-        let other = tiers.valid_entry(&info("v", false), 0, hour());
+        let info = |owner: &str, public| KeyInfo::new(Uuid::nil(), Owner::user(owner), public);
+        let a = tiers.valid_entry(Uuid::nil(), &info("u", false), 0, hour());
+        let b = tiers.valid_entry(Uuid::nil(), &info("u", false), 0, hour());
+        let public = tiers.valid_entry(Uuid::nil(), &info("u", true), 0, hour());
+        let other = tiers.valid_entry(Uuid::nil(), &info("v", false), 0, hour());
         let (a, b) = (a.expect("a"), b.expect("b"));
         assert!(Arc::ptr_eq(&a.owner, &b.owner));
         assert_eq!(tiers.owner_records(), 3);
         drop((a, b, public, other));
         assert_eq!(tiers.owner_records(), 0, "records die with their entries");
+    }
+
+    #[test]
+    fn an_entry_naming_another_key_id_is_barred_by_the_keys_own() {
+        let tiers = tiers();
+        let (own, named) = (Uuid::new_v4(), Uuid::new_v4());
+        let info = KeyInfo::new(named, Owner::user("u"), false);
+        let entry = tiers.valid_entry(own, &info, 0, hour()).expect("entry");
+        assert_eq!(entry.key_id, own, "what the bars check");
+        assert_eq!(entry.private_info().key_id, named, "what the layer checks");
     }
 }
