@@ -169,17 +169,18 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     /// Valid verdicts are looked up in this thread's memo first: no moka read, no shared cache
     /// line written. What moka answers is checked against the bars and memoised under the epoch
     /// read before it.
-    fn cached(&self, digest: &KeyDigest) -> Option<Verdict> {
+    fn cached(&self, key: &ApiKey) -> Option<Verdict> {
         let shared = &*self.shared;
         let tiers = &shared.tiers;
+        let (digest, key_id) = (key.digest(), key.key_id());
         let epoch = tiers.bars.epoch();
         if let Some(info) = memo::get(shared.id, digest, epoch) {
             shared.counters.hits.add_one();
             return Some(Verdict::Valid(info));
         }
         if let Some(entry) = tiers.valid.get(digest) {
-            if self.serves(&entry) {
-                let info = entry.private_info();
+            if self.serves(&entry, key_id) {
+                let info = entry.private_info(key_id);
                 memo::put(shared.id, digest, epoch, Arc::clone(&info), entry.until);
                 shared.counters.hits.add_one();
                 return Some(Verdict::Valid(info));
@@ -188,7 +189,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             tiers.valid.invalidate(digest);
         }
         if let Some(entry) = tiers.invalid.get(digest) {
-            if tiers.bars.admits(entry.born, entry.key_id, false) {
+            if tiers.bars.admits(entry.born, key_id, false) {
                 Counters::bump(&shared.counters.negative_hits);
                 return Some(Verdict::Invalid(entry.reason));
             }
@@ -197,30 +198,26 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         None
     }
 
-    /// Whether a valid entry read from moka may be served.
-    fn serves(&self, entry: &ValidEntry) -> bool {
+    /// Whether a valid entry read from moka for the key with id `key_id` may be served.
+    fn serves(&self, entry: &ValidEntry, key_id: Uuid) -> bool {
         // Belt and braces on the expiry: moka's already ends the entry at `expires_at`.
-        !entry.is_expired()
-            && !entry.until.passed()
-            && self
-                .shared
-                .tiers
-                .bars
-                .admits(entry.born, entry.key_id, true)
+        let bars = &self.shared.tiers.bars;
+        !entry.is_expired() && !entry.until.passed() && bars.admits(entry.born, key_id, true)
     }
 
     /// Same as [`cached`](Self::cached), without touching the counters or the memo.
-    fn peek(&self, digest: &KeyDigest) -> Option<Verdict> {
+    fn peek(&self, key: &ApiKey) -> Option<Verdict> {
         let tiers = &self.shared.tiers;
+        let (digest, key_id) = (key.digest(), key.key_id());
         if let Some(entry) = tiers.valid.get(digest) {
-            if self.serves(&entry) {
-                return Some(Verdict::Valid(entry.private_info()));
+            if self.serves(&entry, key_id) {
+                return Some(Verdict::Valid(entry.private_info(key_id)));
             }
         }
         tiers
             .invalid
             .get(digest)
-            .filter(|entry| tiers.bars.admits(entry.born, entry.key_id, false))
+            .filter(|entry| tiers.bars.admits(entry.born, key_id, false))
             .map(|entry| Verdict::Invalid(entry.reason))
     }
 
@@ -258,7 +255,6 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                 }
                 let entry = InvalidEntry {
                     reason: *reason,
-                    key_id,
                     born,
                 };
                 tiers.invalid.insert(*digest, entry);
@@ -277,7 +273,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         // The TTL counts from before the lookup: an entry never outlives a bar on its birth.
         let until = Deadline::after(self.shared.ttl);
         // A flight that finished just before this one started may have filled the cache.
-        if let Some(verdict) = self.peek(key.digest()) {
+        if let Some(verdict) = self.peek(key) {
             return Ok(verdict);
         }
         Counters::bump(&self.shared.counters.verifier_calls);
@@ -289,7 +285,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
 
 impl<V: KeyVerifier> KeyVerifier for CachedVerifier<V> {
     async fn verify(&self, key: &ApiKey) -> Result<Verdict, VerifyError> {
-        if let Some(verdict) = self.cached(key.digest()) {
+        if let Some(verdict) = self.cached(key) {
             return Ok(verdict);
         }
         Counters::bump(&self.shared.counters.misses);
@@ -304,7 +300,7 @@ impl<V: KeyVerifier> KeyVerifier for CachedVerifier<V> {
     /// Answers from the cache only. A miss goes through [`verify`](Self::verify) even when the
     /// wrapped verifier could answer at once, so that concurrent misses share one call.
     fn verify_now(&self, key: &ApiKey) -> Option<Result<Verdict, VerifyError>> {
-        self.cached(key.digest()).map(Ok)
+        self.cached(key).map(Ok)
     }
 
     // The layer's internal fast path: this thread's memo only. The layer asks before it has
