@@ -3,10 +3,16 @@
 //!
 //! ```text
 //! cargo bench --bench floods                 # every scenario (about a minute on 2 cores)
-//! cargo bench --bench floods -- crowd        # one scenario: crowd | malformed | unknown | memory
+//! cargo bench --bench floods -- crowd        # some scenarios: crowd | malformed | unknown | memory | floor
+//! cargo bench --bench floods -- memory       # bytes per cached valid verdict, fresh process
+//! cargo bench --bench floods -- floor        # moka's own cost per entry, fresh process
+//! cargo bench --bench floods -- crowd malformed unknown floor   # the same, where `memory` runs
 //! ```
 //!
-//! Each scenario asserts its own invariant and exits non-zero if it breaks.
+//! Each scenario asserts its own invariant and exits non-zero if it breaks. `memory` and `floor`
+//! read the process's RSS, so their figures depend on what ran before them in the process: in
+//! the full run `memory` comes last and reuses the heap the other scenarios freed; alone, it
+//! starts from a fresh heap. `floor` runs only when named.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +23,7 @@ use axum::routing::get;
 use axum::Router;
 use http::header::AUTHORIZATION;
 use http::{Request, StatusCode};
-use keygate::key::{ApiKey, Deployment, KeyKind};
+use keygate::key::{ApiKey, Deployment, KeyDigest, KeyKind};
 use keygate::verify::{KeyVerifier, Verdict, VerifyError};
 use keygate::{CachedVerifier, KeyStore, MemoryKeyStore, NewKey, Owner, RequireApiKey};
 use tower::ServiceExt;
@@ -263,6 +269,35 @@ async fn memory() {
     assert!(entries >= N * 99 / 100);
 }
 
+/// moka's own cost per entry: a `moka::sync::Cache` configured like the cache of valid verdicts
+/// (same key type, same bound, per-entry expiry), with a zero-size value, at 1,000,000 entries.
+/// Whatever `memory` measures above this is keygate's.
+async fn floor() {
+    const N: u64 = 1_000_000;
+    struct Hour;
+    impl moka::Expiry<KeyDigest, ()> for Hour {
+        fn expire_after_create(&self, _: &KeyDigest, _: &(), _: Instant) -> Option<Duration> {
+            Some(Duration::from_secs(3600))
+        }
+    }
+    let cache: moka::sync::Cache<KeyDigest, ()> = moka::sync::Cache::builder()
+        .max_capacity(N)
+        .expire_after(Hour)
+        .build();
+    let before = rss_kib();
+    for i in 0..N {
+        cache.insert(KeyDigest::of(&i.to_string()), ());
+    }
+    cache.run_pending_tasks();
+    let after = rss_kib();
+    let entries = cache.entry_count();
+    println!(
+        "floor: {entries} moka entries with a zero-size value: RSS {before} -> {after} KiB, {:.0} bytes per entry",
+        (after.saturating_sub(before) as f64 * 1024.0) / entries.max(1) as f64
+    );
+    assert!(entries >= N * 99 / 100);
+}
+
 /// Says every key is valid, owned by one user: fills the cache without a store.
 #[derive(Clone)]
 struct PreValidated;
@@ -278,13 +313,17 @@ impl KeyVerifier for PreValidated {
 }
 
 fn main() {
-    let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    // Scenarios named on the command line, in the usual order (all but `floor` if none).
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let want = |name: &str| named.is_empty() || named.iter().any(|n| n == name);
     runtime.block_on(async {
         if want("crowd") {
             crowd().await;
@@ -297,6 +336,11 @@ fn main() {
         }
         if want("memory") {
             memory().await;
+        }
+        // Only when named: it is measured alone (`-- floor`) or in place of `memory`, after the
+        // same scenarios (`-- crowd malformed unknown floor`).
+        if named.iter().any(|n| n == "floor") {
+            floor().await;
         }
     });
 }

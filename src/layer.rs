@@ -12,7 +12,8 @@
 //!    with no hashing, no cache lookup and no verifier call (once the rest of the format is
 //!    checked: a key with a bad checksum is refused as malformed, 401, on every route).
 //! 4. **digest**: SHA-256 of the key, the only form a cache sees.
-//! 5. **cache**: [`KeyVerifier::cached_verdict`]; a hit needs nothing more from the key.
+//! 5. **cache**: the verdict cached under the digest, if any; a hit needs nothing more from the
+//!    key.
 //! 6. **verifier**: on a miss, the rest of the format (secret alphabet, checksum; else 401),
 //!    then [`KeyVerifier::verify_now`] or, if it cannot answer at once, `verify` (the only
 //!    boxed future).
@@ -369,7 +370,7 @@ impl<V: KeyVerifier, R> Guard<V, R> {
         }
         let digest = KeyDigest::of_bytes(found.key);
         // A cache hit needs neither the rest of the format check nor a copy of the key.
-        if let Some(verdict) = self.verifier.cached_verdict(&digest) {
+        if let Some(verdict) = self.verifier.__cached_verdict(&digest) {
             return Ok((parts, Lookup::Answered(Ok(verdict))));
         }
         let text = well_formed_text(found)?;

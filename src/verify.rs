@@ -36,7 +36,11 @@ use uuid::Uuid;
 use crate::key::{ApiKey, KeyDigest, KeyKind};
 
 /// Who owns a key.
+///
+/// `#[non_exhaustive]`: build one with [`Owner::user`] or [`Owner::team`], and read it with
+/// [`kind`](Owner::kind) and [`id`](Owner::id) (or match with a wildcard arm).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Owner {
     /// A user, by user id.
     User(Arc<str>),
@@ -155,7 +159,11 @@ impl fmt::Display for InvalidReason {
 }
 
 /// A verifier's answer about one key.
+///
+/// `#[non_exhaustive]`: build one with [`Verdict::valid`] (or the variants), and match with a
+/// wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verdict {
     /// The key is valid.
     Valid(Arc<KeyInfo>),
@@ -182,6 +190,8 @@ pub struct VerifyError {
     kind: VerifyErrorKind,
     message: Arc<str>,
     retry_after: Option<Duration>,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 /// The class of a [`VerifyError`].
@@ -222,7 +232,24 @@ impl VerifyError {
             kind,
             message: Arc::from(message.into()),
             retry_after: None,
+            source: None,
         }
+    }
+
+    /// Attaches the error that caused this one, returned by
+    /// [`source`](std::error::Error::source). It must not contain a key.
+    ///
+    /// ```
+    /// use std::error::Error;
+    /// use keygate::verify::{VerifyError, VerifyErrorKind};
+    ///
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+    /// let error = VerifyError::new(VerifyErrorKind::Transport, "key check failed").with_source(io);
+    /// assert_eq!(error.source().map(|e| e.to_string()).as_deref(), Some("reset by peer"));
+    /// ```
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     /// Suggests when to retry (sent to the client as `Retry-After`).
@@ -249,8 +276,9 @@ impl VerifyError {
 
 /// Verifies well-formed keys.
 ///
-/// Implementations only ever see keys that passed the format check (but see
-/// [`cached_verdict`](Self::cached_verdict)). See the [module docs](self) for why the trait is
+/// Implement [`verify`](Self::verify); [`verify_now`](Self::verify_now) and
+/// [`subscribe_revocations`](Self::subscribe_revocations) are optional. Implementations only
+/// ever see keys that passed the format check. See the [module docs](self) for why the trait is
 /// generic rather than object-safe.
 pub trait KeyVerifier: Send + Sync + 'static {
     /// Verifies `key`.
@@ -264,16 +292,10 @@ pub trait KeyVerifier: Send + Sync + 'static {
         None
     }
 
-    /// A verdict remembered from an earlier [`verify`](Self::verify) of the key with this
-    /// digest, if the verifier holds one: the cache-hit fast path.
-    ///
-    /// The layer asks this first, before it copies the key and before it checks the key's secret
-    /// alphabet and checksum (a remembered digest can only belong to a key that passed them when
-    /// it was verified). It still checks the verdict against the key's type, id and prefix, and
-    /// applies the route's policy. Answer only with what `verify` answered for that very key; for
-    /// anything else, `None`, which is the default and sends the key down the full path
-    /// ([`verify_now`](Self::verify_now), then `verify`).
-    fn cached_verdict(&self, digest: &KeyDigest) -> Option<Verdict> {
+    // The layer's internal fast path (CachedVerifier's per-thread memo, asked by digest before
+    // the rest of the format check), not for implementors: keep the default.
+    #[doc(hidden)]
+    fn __cached_verdict(&self, digest: &KeyDigest) -> Option<Verdict> {
         let _ = digest;
         None
     }
@@ -294,8 +316,8 @@ impl<V: KeyVerifier> KeyVerifier for Arc<V> {
         (**self).verify_now(key)
     }
 
-    fn cached_verdict(&self, digest: &KeyDigest) -> Option<Verdict> {
-        (**self).cached_verdict(digest)
+    fn __cached_verdict(&self, digest: &KeyDigest) -> Option<Verdict> {
+        (**self).__cached_verdict(digest)
     }
 
     fn subscribe_revocations(&self, listener: RevocationListener) {
@@ -316,6 +338,11 @@ impl RevocationListener {
         Self {
             target: Arc::downgrade(f),
         }
+    }
+
+    /// Whether the target is still alive.
+    pub fn is_alive(&self) -> bool {
+        self.target.strong_count() > 0
     }
 
     /// Tells the target that `key_id` was revoked. `false` once the target is gone.
@@ -345,13 +372,28 @@ pub struct RevocationListeners {
 }
 
 impl RevocationListeners {
-    /// Adds a listener.
+    /// Adds a listener, and forgets the dead ones (so that caches built and dropped over and
+    /// over, with no revocation in between, do not pile up).
     pub fn add(&self, listener: RevocationListener) {
         let mut list = self
             .listeners
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        list.retain(RevocationListener::is_alive);
         list.push(listener);
+    }
+
+    /// Listeners held, live or not yet forgotten.
+    pub fn len(&self) -> usize {
+        self.listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no listener is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Tells every live listener that `key_id` was revoked, and forgets the dead ones.
@@ -361,5 +403,50 @@ impl RevocationListeners {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         list.retain(|l| l.notify(key_id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_listeners_are_forgotten_when_another_subscribes() {
+        let listeners = RevocationListeners::default();
+        let live: Arc<dyn Fn(Uuid) + Send + Sync> = Arc::new(|_| {});
+        listeners.add(RevocationListener::new(&live));
+        for _ in 0..100 {
+            let dropped: Arc<dyn Fn(Uuid) + Send + Sync> = Arc::new(|_| {});
+            listeners.add(RevocationListener::new(&dropped));
+        }
+        // No revocation happened: the dead ones went when the next one subscribed.
+        assert_eq!(listeners.len(), 2, "the live one and the last one added");
+        let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&heard);
+        let counting: Arc<dyn Fn(Uuid) + Send + Sync> = Arc::new(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        listeners.add(RevocationListener::new(&counting));
+        assert_eq!(listeners.len(), 2, "the live one and the counting one");
+        listeners.notify(Uuid::new_v4());
+        assert_eq!(heard.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_verify_error_carries_its_source() {
+        use std::error::Error as _;
+        let plain = VerifyError::new(VerifyErrorKind::Store, "down");
+        assert!(plain.source().is_none());
+        let io = std::io::Error::other("disk on fire");
+        let error = plain.with_source(io);
+        assert_eq!(
+            error.source().map(ToString::to_string).as_deref(),
+            Some("disk on fire")
+        );
+        assert_eq!(error.to_string(), "key store failed: down");
+        assert_eq!(
+            error.clone().source().map(ToString::to_string),
+            error.source().map(ToString::to_string)
+        );
     }
 }
