@@ -2,7 +2,7 @@
 //! `CachedVerifier`.
 //!
 //! Reader threads hammer one key through the public API (`verify`, `verify_now` and
-//! `cached_verdict`, so the per-thread memo, moka, the in-flight map and the store are all on
+//! `__cached_verdict`, so the per-thread memo, moka, the in-flight map and the store are all on
 //! the path) while the main thread revokes the key through `KeyStore::revoke`. Once `revoke`
 //! has returned, the main thread raises a flag; a reader reads the flag *before* it starts each
 //! verification, and any verification started after the flag was up must not answer valid.
@@ -53,7 +53,7 @@ struct Board {
     round: RwLock<Option<Arc<Round>>>,
     stop: AtomicBool,
     violations: Mutex<Vec<String>>,
-    /// Valid answers before revocations, per probe (`verify`, `verify_now`, `cached_verdict`).
+    /// Valid answers before revocations, per probe (`verify`, `verify_now`, `__cached_verdict`).
     valid_before: [AtomicUsize; 3],
     /// Answers checked after revocations, per probe.
     checked_after: [AtomicUsize; 3],
@@ -75,7 +75,7 @@ impl Board {
     }
 }
 
-const PROBES: [&str; 3] = ["verify", "verify_now", "cached_verdict"];
+const PROBES: [&str; 3] = ["verify", "verify_now", "__cached_verdict"];
 
 /// The answers a verification started after the revocation may give: refused as revoked (or
 /// unknown), or, from the cache-only probes, no answer at all.
