@@ -63,6 +63,12 @@ impl PgRevocationFeed {
         Self::from_result(Ok(options))
     }
 
+    /// A feed on the database `pool` reaches, with its settings (credentials, TLS), on a
+    /// connection of its own: the pool's connections are left alone.
+    pub fn for_pool(pool: &sqlx::PgPool) -> Self {
+        Self::with_options((*pool.connect_options()).clone())
+    }
+
     fn from_result(options: Result<PgConnectOptions, String>) -> Self {
         Self {
             options,

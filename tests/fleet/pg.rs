@@ -383,3 +383,24 @@ async fn shutdown_closes_the_listening_connection_and_stops_dropping_keys() {
     );
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_keep_an_idle_connection_and_lose_nothing() {
+    let Some(db) = Db::start().await else { return };
+    // Built from a pool's settings; checked every 20 ms while idle.
+    let feed =
+        PgRevocationFeed::for_pool(&db.admin).health_check_interval(Duration::from_millis(20));
+    let instance = db.instance(feed).await;
+    let key = db.new_key().await;
+    warm(&[&instance.cache], &key).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    db.revoke(&db.admin, key.key_id()).await;
+    until_all_refuse(&[&instance.cache], &key, start, WITHIN)
+        .await
+        .expect("refused");
+    let status = instance.feed.status();
+    assert!(status.is_connected(), "{status:?}");
+    assert_eq!((status.events, status.reconnects), (1, 0), "{status:?}");
+    db.cleanup().await;
+}
