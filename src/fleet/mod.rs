@@ -295,6 +295,9 @@ pub enum FeedError {
     /// The channel name is empty, too long, or holds a NUL.
     #[error("invalid channel name: {0}")]
     InvalidChannel(&'static str),
+    /// The publisher could not connect (feeds never report this: they keep trying).
+    #[error("could not connect: {0}")]
+    Connect(String),
     /// `spawn` was called outside a tokio runtime.
     #[error("a revocation feed needs a tokio runtime")]
     NoRuntime,

@@ -248,7 +248,7 @@ impl RedisRevocationPublisher {
             .set_response_timeout(Some(DEFAULT_PUBLISH_TIMEOUT));
         let conn = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|e| FeedError::InvalidSettings(format!("Redis: {e}")))?;
+            .map_err(|e| FeedError::Connect(format!("Redis: {e}")))?;
         let inner = Arc::new(PublisherInner {
             conn,
             channel: channel.to_owned(),
