@@ -7,6 +7,8 @@
 pub mod axum;
 pub mod cache;
 pub mod extract;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub mod fleet;
 pub mod key;
 pub mod layer;
 pub mod principal;
