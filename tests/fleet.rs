@@ -25,7 +25,7 @@ mod fleet {
 use std::time::{Duration, Instant};
 
 use keygate::key::ApiKey;
-use keygate::verify::{KeyVerifier, Verdict};
+use keygate::verify::KeyVerifier;
 use keygate::CachedVerifier;
 use uuid::Uuid;
 
@@ -61,8 +61,7 @@ pub fn suffix() -> String {
 /// Whether `cache` accepts `key` now. A verifier error fails the test.
 pub async fn accepts<V: KeyVerifier>(cache: &CachedVerifier<V>, key: &ApiKey) -> bool {
     match cache.verify(key).await {
-        Ok(Verdict::Valid(_)) => true,
-        Ok(Verdict::Invalid(_)) => false,
+        Ok(verdict) => verdict.is_valid(),
         Err(error) => panic!("verifier failed: {error}"),
     }
 }
