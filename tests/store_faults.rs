@@ -6,8 +6,9 @@
 //! `StoreError` that keeps its cause; a bad SQLite file is an error at open, not a panic.
 
 #[macro_use]
-#[path = "common/store_suite.rs"]
-mod store_suite;
+mod common;
+
+use common::store_suite;
 
 use std::error::Error as _;
 use std::time::Duration;

@@ -3,8 +3,9 @@
 //! `DATABASE_URL`). Plus what only a file can show: keys survive a restart.
 
 #[macro_use]
-#[path = "common/store_suite.rs"]
-mod store_suite;
+mod common;
+
+use common::store_suite;
 
 use std::time::{Duration, SystemTime};
 

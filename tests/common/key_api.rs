@@ -5,7 +5,7 @@
 use axum::http::{Method, StatusCode};
 use axum::Router;
 use keygate::server::{key_server, KeyServerConfig};
-use keygate::MemoryKeyStore;
+use keygate::{KeyStore, MemoryKeyStore};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -147,11 +147,12 @@ pub struct Api {
 }
 
 impl Api {
+    /// A key server over a new memory store.
     pub fn new() -> Self {
         Self::with(MemoryKeyStore::new(), config())
     }
 
-    pub fn with(store: MemoryKeyStore, config: KeyServerConfig) -> Self {
+    pub fn with<S: KeyStore>(store: S, config: KeyServerConfig) -> Self {
         Self {
             app: key_server(store, config),
         }

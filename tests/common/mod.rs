@@ -16,7 +16,13 @@ pub mod verifier;
 
 #[cfg(feature = "server")]
 pub mod key_api;
+#[cfg(all(feature = "server", feature = "sqlite"))]
+#[macro_use]
+pub mod key_stores;
 #[cfg(feature = "stack-auth")]
 pub mod stack_auth;
+#[cfg(feature = "sqlite")]
+#[macro_use]
+pub mod store_suite;
 #[cfg(feature = "stack-auth")]
 pub mod upstream;
