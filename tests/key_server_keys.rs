@@ -243,7 +243,8 @@ async fn read_and_update_by_id_ignore_the_owner_in_the_query(store: Store) {
     );
 }
 
-/// ref §4 "Update": `PATCH {"description": …}` answers the updated Read body.
+/// ref §4 "Update": `PATCH {"description": …}` answers the updated Read body; an unknown id,
+/// or a key of the other kind, is `API_KEY_NOT_FOUND` and changes nothing.
 async fn patch_updates_the_description(store: Store) {
     let api = store.api();
     for kind in KINDS {
@@ -258,6 +259,16 @@ async fn patch_updates_the_description(store: Store) {
         let mut expected = read_view(&created);
         expected["description"] = json!("renamed");
         assert_eq!(updated, expected, "{kind:?}");
+        assert_eq!(api.read(kind, id, &owner).await, expected, "{kind:?}");
+        for uri in [
+            kind.item(&Uuid::new_v4().to_string(), &owner),
+            kind.other().item(id, &owner),
+        ] {
+            for body in [json!({ "description": "nope" }), json!({ "revoked": true })] {
+                let reply = api.call(Method::PATCH, &uri, Some(body)).await;
+                assert_known(&reply, StatusCode::NOT_FOUND, "API_KEY_NOT_FOUND");
+            }
+        }
         assert_eq!(api.read(kind, id, &owner).await, expected, "{kind:?}");
         assert_ok(&api.check(kind, str_field(&created, "value")).await);
     }

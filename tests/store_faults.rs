@@ -5,7 +5,6 @@
 //! recovers by itself once the database is back; store operations fail with a clear
 //! `StoreError` that keeps its cause; a bad SQLite file is an error at open, not a panic.
 
-#[macro_use]
 mod common;
 
 use common::store_suite;

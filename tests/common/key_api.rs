@@ -233,9 +233,17 @@ impl Api {
             .await
     }
 
+    /// A check of `key`, whose answer never echoes it (nor a 200's Read body, ref §4).
     pub async fn check(&self, kind: Kind, key: &str) -> Reply {
-        self.call(Method::POST, &kind.check(), Some(json!({ "api_key": key })))
-            .await
+        let reply = self
+            .call(Method::POST, &kind.check(), Some(json!({ "api_key": key })))
+            .await;
+        assert!(
+            key.is_empty() || !reply.text().contains(key),
+            "{}: the key is echoed",
+            reply.what
+        );
+        reply
     }
 
     pub async fn list_len(&self, kind: Kind, owner: &str) -> usize {
