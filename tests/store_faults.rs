@@ -7,8 +7,6 @@
 
 mod common;
 
-use common::store_suite;
-
 use std::error::Error as _;
 use std::time::Duration;
 
@@ -16,6 +14,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
+use common::store_suite;
 use keygate::key::KeyKind;
 use keygate::store::{NewKey, StoreError};
 use keygate::verify::{KeyVerifier, VerifyErrorKind};

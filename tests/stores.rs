@@ -5,10 +5,9 @@
 #[macro_use]
 mod common;
 
-use common::store_suite;
-
 use std::time::{Duration, SystemTime};
 
+use common::store_suite;
 use keygate::key::KeyKind;
 use keygate::store::{KeyStore, NewKey, StoreError, WhyInvalid};
 use keygate::verify::{InvalidReason, KeyVerifier, Verdict};

@@ -41,11 +41,13 @@ pub fn fresh_schema() -> String {
 }
 
 /// Drops its PostgreSQL schema (and everything in it) when dropped, even after a panic.
+#[cfg(feature = "postgres")]
 pub struct PgSchema {
     pub url: String,
     pub name: String,
 }
 
+#[cfg(feature = "postgres")]
 impl Drop for PgSchema {
     fn drop(&mut self) {
         let (url, name) = (self.url.clone(), self.name.clone());
