@@ -5,9 +5,8 @@
 
 mod common;
 
-use axum::http::StatusCode;
-use common::key_api::{assert_known, assert_ok, config, new_owner, read_view, str_field, Api};
-use common::kinds::{KINDS, USER};
+use common::key_api::{assert_ok, config, new_owner, read_view, str_field, Api};
+use common::kinds::USER;
 use keygate::SqliteKeyStore;
 use serde_json::{json, Value};
 
@@ -43,45 +42,56 @@ async fn a_sqlite_key_server_keeps_its_keys_across_a_restart() {
     assert_ok(&api.check(USER, str_field(&created, "value")).await);
 }
 
-/// Two key servers over one PostgreSQL schema (two pools, as two instances would have): a key
-/// made through one checks through the other, and a revocation through either is seen by both.
 #[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_key_servers_share_keys_and_revocations() {
-    let Some((first, schema)) = common::store_suite::postgres().await else {
-        return;
-    };
-    let second = keygate::PostgresKeyStore::builder(&schema.url)
-        .schema(&schema.name)
-        .max_connections(4)
-        .connect()
-        .await
-        .expect("a second pool on the same schema");
-    let (one, two) = (Api::with(first, config()), Api::with(second, config()));
-    for kind in KINDS {
-        let owner = new_owner();
-        let made_by_one = one.create(kind, &owner, "made by one", Value::Null).await;
-        let made_by_two = two.create(kind, &owner, "made by two", Value::Null).await;
-        for api in [&one, &two] {
-            for created in [&made_by_one, &made_by_two] {
-                let checked = assert_ok(&api.check(kind, str_field(created, "value")).await);
-                assert_eq!(checked, read_view(created), "{kind:?}");
-            }
-            assert_eq!(api.list_len(kind, &owner).await, 2, "{kind:?}");
-        }
+mod postgres {
+    use axum::http::StatusCode;
+    use serde_json::{json, Value};
 
-        let id = str_field(&made_by_one, "id");
-        assert_ok(
-            &two.patch(kind, id, &owner, json!({ "revoked": true }))
-                .await,
-        );
-        for api in [&one, &two] {
-            assert_known(
-                &api.check(kind, str_field(&made_by_one, "value")).await,
-                StatusCode::UNAUTHORIZED,
-                "API_KEY_REVOKED",
+    use crate::common;
+    use crate::common::key_api::{
+        assert_known, assert_ok, config, new_owner, read_view, str_field, Api,
+    };
+    use crate::common::kinds::KINDS;
+
+    /// Two key servers over one PostgreSQL schema (two pools, as two instances would have): a key
+    /// made through one checks through the other, and a revocation through either is seen by both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_key_servers_share_keys_and_revocations() {
+        let Some((first, schema)) = common::store_suite::postgres().await else {
+            return;
+        };
+        let second = keygate::PostgresKeyStore::builder(&schema.url)
+            .schema(&schema.name)
+            .max_connections(4)
+            .connect()
+            .await
+            .expect("a second pool on the same schema");
+        let (one, two) = (Api::with(first, config()), Api::with(second, config()));
+        for kind in KINDS {
+            let owner = new_owner();
+            let made_by_one = one.create(kind, &owner, "made by one", Value::Null).await;
+            let made_by_two = two.create(kind, &owner, "made by two", Value::Null).await;
+            for api in [&one, &two] {
+                for created in [&made_by_one, &made_by_two] {
+                    let checked = assert_ok(&api.check(kind, str_field(created, "value")).await);
+                    assert_eq!(checked, read_view(created), "{kind:?}");
+                }
+                assert_eq!(api.list_len(kind, &owner).await, 2, "{kind:?}");
+            }
+
+            let id = str_field(&made_by_one, "id");
+            assert_ok(
+                &two.patch(kind, id, &owner, json!({ "revoked": true }))
+                    .await,
             );
-            assert_ok(&api.check(kind, str_field(&made_by_two, "value")).await);
+            for api in [&one, &two] {
+                assert_known(
+                    &api.check(kind, str_field(&made_by_one, "value")).await,
+                    StatusCode::UNAUTHORIZED,
+                    "API_KEY_REVOKED",
+                );
+                assert_ok(&api.check(kind, str_field(&made_by_two, "value")).await);
+            }
         }
     }
 }
