@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::key_api::{assert_ok, config, new_owner, read_view, str_field, Api};
+use axum::http::StatusCode;
+use common::key_api::{assert_known, assert_ok, config, new_owner, read_view, str_field, Api};
 use common::kinds::USER;
 use keygate::SqliteKeyStore;
 use serde_json::{json, Value};
@@ -16,17 +17,17 @@ async fn a_sqlite_key_server_keeps_its_keys_across_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("server.db");
     let owner = new_owner();
-    let (kept, revoked) = {
+    let (kept, made, revoked) = {
         let api = Api::with(SqliteKeyStore::open(&path).await.expect("open"), config());
         let kept = api.create(USER, &owner, "kept", Value::Null).await;
-        let revoked = api.create(USER, &owner, "revoked", Value::Null).await;
-        let id = str_field(&revoked, "id");
+        let made = api.create(USER, &owner, "revoked", Value::Null).await;
+        let id = str_field(&made, "id");
         let revoked = assert_ok(
             &api.patch(USER, id, &owner, json!({ "revoked": true }))
                 .await,
         );
         assert!(revoked["manually_revoked_at_millis"].is_i64(), "{revoked}");
-        (kept, revoked)
+        (kept, made, revoked)
     };
     let api = Api::with(SqliteKeyStore::open(&path).await.expect("reopen"), config());
     let checked = assert_ok(&api.check(USER, str_field(&kept, "value")).await);
@@ -34,6 +35,11 @@ async fn a_sqlite_key_server_keeps_its_keys_across_a_restart() {
     assert_eq!(
         api.read(USER, str_field(&revoked, "id"), &owner).await,
         revoked
+    );
+    assert_known(
+        &api.check(USER, str_field(&made, "value")).await,
+        StatusCode::UNAUTHORIZED,
+        "API_KEY_REVOKED",
     );
     let created = api
         .create(USER, &owner, "after the restart", Value::Null)
@@ -44,14 +50,8 @@ async fn a_sqlite_key_server_keeps_its_keys_across_a_restart() {
 
 #[cfg(feature = "postgres")]
 mod postgres {
-    use axum::http::StatusCode;
-    use serde_json::{json, Value};
-
-    use crate::common;
-    use crate::common::key_api::{
-        assert_known, assert_ok, config, new_owner, read_view, str_field, Api,
-    };
-    use crate::common::kinds::KINDS;
+    use super::*;
+    use common::kinds::KINDS;
 
     /// Two key servers over one PostgreSQL schema (two pools, as two instances would have): a key
     /// made through one checks through the other, and a revocation through either is seen by both.
