@@ -2,25 +2,35 @@
 //! rules: access type, project, secret server key, under every request-header family
 //! (`x-stack-*`, `x-hexclave-*`, both with conflicting values, mixed), the config's own checks,
 //! and the override-error-status header,
-//! driven in process with `tower::ServiceExt::oneshot`. Every case runs for user keys and team
+//! driven in process with `tower::ServiceExt::oneshot`. Every case runs over every store
+//! (`key_server_suite!`: memory, SQLite file and in memory, PostgreSQL), for user keys and team
 //! keys from the one kinds table; every response is checked for `cache-control` and one request
 //! id under both names (ref §3), every known error for its status, `content-type`, both
 //! known-error headers and `{code, error}` body (ref §5). "ref §n" cites
 //! `docs/stack-auth-protocol.md`.
 
+#[macro_use]
 mod common;
 
 use axum::http::{Method, StatusCode};
 use common::http::Reply;
 use common::key_api::{
     assert_known, assert_known_error_body, assert_ok, config, new_owner, read_view, routes,
-    str_field, Api, FAMILIES, JSON_CT, OTHER_PROJECT, PROJECT, SECRET, SERVER_AUTH, WRONG_SECRET,
+    str_field, FAMILIES, JSON_CT, OTHER_PROJECT, PROJECT, SECRET, SERVER_AUTH, WRONG_SECRET,
 };
+use common::key_stores::Store;
 use common::kinds::KINDS;
 use keygate::key::KeyKind;
 use keygate::server::{KeyServerConfig, KeyServerConfigError};
-use keygate::MemoryKeyStore;
 use serde_json::{json, Value};
+
+key_server_suite!(
+    every_route_requires_server_access,
+    server_access_is_admitted_under_every_header_family,
+    no_access_headers_is_access_type_required,
+    a_credential_without_access_type_is_project_key_without_access_type,
+    override_error_status_answers_every_4xx_as_200,
+);
 
 // ---------------------------------------------------------------------------------------------
 // Server access (ref §3, §5)
@@ -36,9 +46,8 @@ struct AuthCase {
 
 /// ref §3 and §5: every route of both kinds refuses anything but server access for this project
 /// with this secret, and does nothing, under every header family.
-#[tokio::test]
-async fn every_route_requires_server_access() {
-    let api = Api::new();
+async fn every_route_requires_server_access(store: Store) {
+    let api = store.api();
     let cases = [
         AuthCase {
             case: "no secret server key",
@@ -178,9 +187,8 @@ async fn every_route_requires_server_access() {
 
 /// ref §3: server access is admitted under either header family, with both (the `x-hexclave-*`
 /// value winning over a wrong `x-stack-*` one), and mixed; every route works.
-#[tokio::test]
-async fn server_access_is_admitted_under_every_header_family() {
-    let api = Api::new();
+async fn server_access_is_admitted_under_every_header_family(store: Store) {
+    let api = store.api();
     for family in FAMILIES {
         for kind in KINDS {
             let owner = new_owner();
@@ -228,9 +236,8 @@ async fn server_access_is_admitted_under_every_header_family() {
 /// Without any access header at all, Stack Auth answers `ACCESS_TYPE_REQUIRED` (the auth object
 /// is null and the route requires one). An empty credential header counts as absent, and a
 /// user's access token is not a project credential.
-#[tokio::test]
-async fn no_access_headers_is_access_type_required() {
-    let api = Api::new();
+async fn no_access_headers_is_access_type_required(store: Store) {
+    let api = store.api();
     let cases: [&[(&str, &str)]; 3] = [
         &[],
         &[("x-stack-secret-server-key", "")],
@@ -254,9 +261,8 @@ async fn no_access_headers_is_access_type_required() {
 /// ref §3: a credential header (a project key or an admin token, under either name) without an
 /// access type is `PROJECT_KEY_WITHOUT_ACCESS_TYPE`, before anything else; an empty access type
 /// counts as none.
-#[tokio::test]
-async fn a_credential_without_access_type_is_project_key_without_access_type() {
-    let api = Api::new();
+async fn a_credential_without_access_type_is_project_key_without_access_type(store: Store) {
+    let api = store.api();
     let credentials = [
         ("x-stack-secret-server-key", SECRET),
         ("x-stack-publishable-client-key", "pck_keygate_conformance"),
@@ -346,8 +352,7 @@ fn a_config_with_an_empty_or_short_secret_is_refused() {
 /// ref §3: with the override-error-status header (under either name, as Stack's SDK sends it),
 /// every 4xx is answered 200 with the real status in the actual-status header under both names;
 /// body and known-error headers are unchanged. A success is left alone.
-#[tokio::test]
-async fn override_error_status_answers_every_4xx_as_200() {
+async fn override_error_status_answers_every_4xx_as_200(store: Store) {
     for name in [
         "x-stack-override-error-status",
         "x-hexclave-override-error-status",
@@ -357,7 +362,7 @@ async fn override_error_status_answers_every_4xx_as_200() {
                 KeyKind::User => config().team_keys(false),
                 _ => config().user_keys(false),
             };
-            let api = Api::with(MemoryKeyStore::new(), config);
+            let api = store.api_with(config);
             let with = |headers: &[(&'static str, &'static str)]| {
                 let mut headers = headers.to_vec();
                 headers.extend([JSON_CT, (name, "true")]);

@@ -1,11 +1,13 @@
 //! Conformance of `keygate::server::key_server` with Stack Auth's (now Hexclave's) key check
 //! endpoints (`…/check`), the disabled-kind switch, and request ids,
-//! driven in process with `tower::ServiceExt::oneshot`. Every case runs for user keys and team
+//! driven in process with `tower::ServiceExt::oneshot`. Every case runs over every store
+//! (`key_server_suite!`: memory, SQLite file and in memory, PostgreSQL), for user keys and team
 //! keys from the one kinds table; every response is checked for `cache-control` and one request
 //! id under both names (ref §3), every known error for its status, `content-type`, both
 //! known-error headers and `{code, error}` body (ref §5). "ref §n" cites
 //! `docs/stack-auth-protocol.md`.
 
+#[macro_use]
 mod common;
 
 use axum::http::{Method, StatusCode};
@@ -13,20 +15,31 @@ use common::key_api::{
     assert_known, assert_no_error_headers, assert_ok, assert_schema_error, config, new_owner,
     read_view, routes, str_field, Api,
 };
+use common::key_stores::Store;
 use common::keys::now_ms;
 use common::kinds::{KINDS, USER};
 use keygate::key::KeyKind;
-use keygate::{KeyStore, MemoryKeyStore, NewKey};
+use keygate::NewKey;
 use serde_json::{json, Value};
+
+key_server_suite!(
+    check_of_a_valid_key_answers_the_read_body,
+    check_of_a_revoked_key_is_api_key_revoked,
+    check_of_an_expired_key_is_api_key_expired,
+    a_revoked_and_expired_key_is_api_key_revoked,
+    a_key_of_the_other_kind_is_wrong_api_key_type,
+    unknown_and_garbage_keys_are_api_key_not_found,
+    a_disabled_kind_answers_plain_text_400,
+    request_ids_differ_between_requests,
+);
 
 // ---------------------------------------------------------------------------------------------
 // Check
 // ---------------------------------------------------------------------------------------------
 
 /// ref §2 and §4: a valid key's check answers 200 with the key object (no `is_valid`).
-#[tokio::test]
-async fn check_of_a_valid_key_answers_the_read_body() {
-    let api = Api::new();
+async fn check_of_a_valid_key_answers_the_read_body(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let expiry = now_ms() + 3_600_000;
@@ -60,9 +73,8 @@ async fn check_of_a_valid_key_answers_the_read_body() {
 }
 
 /// ref §5: a revoked key's check is 401 `API_KEY_REVOKED`.
-#[tokio::test]
-async fn check_of_a_revoked_key_is_api_key_revoked() {
-    let api = Api::new();
+async fn check_of_a_revoked_key_is_api_key_revoked(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let created = api.create(kind, &owner, "revoked", Value::Null).await;
@@ -83,9 +95,8 @@ async fn check_of_a_revoked_key_is_api_key_revoked() {
 }
 
 /// ref §5: a key created with an expiry in the past is 401 `API_KEY_EXPIRED`.
-#[tokio::test]
-async fn check_of_an_expired_key_is_api_key_expired() {
-    let api = Api::new();
+async fn check_of_an_expired_key_is_api_key_expired(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let past = now_ms() - 60_000;
@@ -101,9 +112,8 @@ async fn check_of_an_expired_key_is_api_key_expired() {
 }
 
 /// ref §2 (check order): revoked is tested before expired.
-#[tokio::test]
-async fn a_revoked_and_expired_key_is_api_key_revoked() {
-    let api = Api::new();
+async fn a_revoked_and_expired_key_is_api_key_revoked(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let created = api
@@ -124,9 +134,8 @@ async fn a_revoked_and_expired_key_is_api_key_revoked() {
 
 /// ref §5: a key of the other kind is 400 `WRONG_API_KEY_TYPE` with `{expected_type,
 /// actual_type}`, and wrong type is tested before revoked.
-#[tokio::test]
-async fn a_key_of_the_other_kind_is_wrong_api_key_type() {
-    let api = Api::new();
+async fn a_key_of_the_other_kind_is_wrong_api_key_type(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let endpoint = kind.other();
         let owner = new_owner();
@@ -163,9 +172,9 @@ async fn a_key_of_the_other_kind_is_wrong_api_key_type() {
 /// ref §1 and §5: whatever is not a stored key (unknown but well-formed, from another server, with a
 /// broken checksum, garbage) is 404 `API_KEY_NOT_FOUND`; a body without a string `api_key` is
 /// `SCHEMA_ERROR`.
-#[tokio::test]
-async fn unknown_and_garbage_keys_are_api_key_not_found() {
-    let api = Api::new();
+async fn unknown_and_garbage_keys_are_api_key_not_found(store: Store) {
+    let api = store.api();
+    // Another key server, over a store of its own: its keys are unknown here.
     let elsewhere = Api::new();
     for kind in KINDS {
         let owner = new_owner();
@@ -216,21 +225,18 @@ async fn unknown_and_garbage_keys_are_api_key_not_found() {
 
 /// A disabled kind answers Stack Auth's plain-text 400 on every route, even for a stored, valid
 /// key; it is not a known error. The other kind keeps working.
-#[tokio::test]
-async fn a_disabled_kind_answers_plain_text_400() {
+async fn a_disabled_kind_answers_plain_text_400(store: Store) {
     for kind in KINDS {
-        let store = MemoryKeyStore::new();
         let owner = new_owner();
         let stored = store
             .create(kind.owner(&owner), NewKey::new("stored before"))
-            .await
-            .expect("create");
+            .await;
         let config = config();
         let config = match kind.kind {
             KeyKind::User => config.user_keys(false),
             _ => config.team_keys(false),
         };
-        let api = Api::with(store, config);
+        let api = store.api_with(config);
 
         let id = stored.record.id.to_string();
         for (method, uri, body) in routes(kind, &id, &owner, stored.key.expose_secret()) {
@@ -262,9 +268,8 @@ async fn a_disabled_kind_answers_plain_text_400() {
 
 /// ref §3: every response has its own request id (the same under both names, which every
 /// reply is checked for).
-#[tokio::test]
-async fn request_ids_differ_between_requests() {
-    let api = Api::new();
+async fn request_ids_differ_between_requests(store: Store) {
+    let api = store.api();
     let first = api.call(Method::GET, &USER.list(&new_owner()), None).await;
     let second = api.call(Method::GET, &USER.list(&new_owner()), None).await;
     for name in ["x-stack-request-id", "x-hexclave-request-id"] {

@@ -1,25 +1,43 @@
 //! Conformance of `keygate::server::key_server` with Stack Auth's (now Hexclave's) key
 //! management endpoints: create, list, read, update, revoke, and the schema errors they answer,
-//! driven in process with `tower::ServiceExt::oneshot`. Every case runs for user keys and team
+//! driven in process with `tower::ServiceExt::oneshot`. Every case runs over every store
+//! (`key_server_suite!`: memory, SQLite file and in memory, PostgreSQL), for user keys and team
 //! keys from the one kinds table; every response is checked for `cache-control` and one request
 //! id under both names (ref §3), every known error for its status, `content-type`, both
 //! known-error headers and `{code, error}` body (ref §5). "ref §n" cites
 //! `docs/stack-auth-protocol.md`.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use common::key_api::{
-    assert_known, assert_ok, assert_schema_error, new_owner, read_view, routes, str_field, Api,
+    assert_known, assert_ok, assert_schema_error, new_owner, read_view, routes, str_field,
     SERVER_AUTH,
 };
+use common::key_stores::Store;
 use common::keys::now_ms;
 use common::kinds::{KINDS, TEAM, USER};
 use keygate::key::ApiKey;
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+key_server_suite!(
+    create_answers_200_with_the_full_key,
+    list_is_newest_first_with_last_four_only,
+    read_answers_the_key_without_its_secret,
+    read_and_update_by_id_ignore_the_owner_in_the_query,
+    patch_updates_the_description,
+    revoking_sets_the_timestamp_once,
+    patch_refuses_revoked_false_and_unknown_fields,
+    there_is_no_delete_route,
+    list_without_the_owner_is_schema_error,
+    team_read_and_update_without_team_id_are_schema_error,
+    a_body_without_content_type_is_schema_error,
+    create_refuses_incomplete_or_unknown_fields,
+);
 
 // ---------------------------------------------------------------------------------------------
 // Create, list, read, update
@@ -27,9 +45,8 @@ use uuid::Uuid;
 
 /// ref §2 and §1: create answers 200 (not 201) with the FirstView, whose `value` is the whole
 /// 102-character key; unset timestamps are left out, not `null`.
-#[tokio::test]
-async fn create_answers_200_with_the_full_key() {
-    let api = Api::new();
+async fn create_answers_200_with_the_full_key(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let before = now_ms();
@@ -97,9 +114,8 @@ async fn create_answers_200_with_the_full_key() {
 
 /// ref §2 and §4: `{items, is_paginated: false}`, newest first, `value` is `{last_four}` only,
 /// and only the named owner's keys.
-#[tokio::test]
-async fn list_is_newest_first_with_last_four_only() {
-    let api = Api::new();
+async fn list_is_newest_first_with_last_four_only(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let mut created = Vec::new();
@@ -131,9 +147,8 @@ async fn list_is_newest_first_with_last_four_only() {
 /// ref §2, §4: `GET …/{id}` answers the key object (no secret); an unknown id, or a key of the
 /// other kind, is `API_KEY_NOT_FOUND` (for the other kind, Stack Auth itself fails with a 500;
 /// keygate answers 404). Another owner in the query is the next test's.
-#[tokio::test]
-async fn read_answers_the_key_without_its_secret() {
-    let api = Api::new();
+async fn read_answers_the_key_without_its_secret(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let created = api.create(kind, &owner, "readable", Value::Null).await;
@@ -163,9 +178,8 @@ async fn read_answers_the_key_without_its_secret() {
 /// ref §2: read and update look the key up by id alone. Another owner's id in the query is
 /// validated but not compared: the key is found, updated, and answered with its real owner. A
 /// query owner that is not a UUID is still `SCHEMA_ERROR`, and the user route does not need one.
-#[tokio::test]
-async fn read_and_update_by_id_ignore_the_owner_in_the_query() {
-    let api = Api::new();
+async fn read_and_update_by_id_ignore_the_owner_in_the_query(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let stranger = new_owner();
@@ -229,10 +243,10 @@ async fn read_and_update_by_id_ignore_the_owner_in_the_query() {
     );
 }
 
-/// ref §4 "Update": `PATCH {"description": …}` answers the updated Read body.
-#[tokio::test]
-async fn patch_updates_the_description() {
-    let api = Api::new();
+/// ref §4 "Update": `PATCH {"description": …}` answers the updated Read body; an unknown id,
+/// or a key of the other kind, is `API_KEY_NOT_FOUND` and changes nothing.
+async fn patch_updates_the_description(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let created = api.create(kind, &owner, "before", Value::Null).await;
@@ -246,15 +260,24 @@ async fn patch_updates_the_description() {
         expected["description"] = json!("renamed");
         assert_eq!(updated, expected, "{kind:?}");
         assert_eq!(api.read(kind, id, &owner).await, expected, "{kind:?}");
+        for uri in [
+            kind.item(&Uuid::new_v4().to_string(), &owner),
+            kind.other().item(id, &owner),
+        ] {
+            for body in [json!({ "description": "nope" }), json!({ "revoked": true })] {
+                let reply = api.call(Method::PATCH, &uri, Some(body)).await;
+                assert_known(&reply, StatusCode::NOT_FOUND, "API_KEY_NOT_FOUND");
+            }
+        }
+        assert_eq!(api.read(kind, id, &owner).await, expected, "{kind:?}");
         assert_ok(&api.check(kind, str_field(&created, "value")).await);
     }
 }
 
 /// ref §4 "Update": `{"revoked": true}` sets `manually_revoked_at_millis`; a second revoke (or
 /// any later update) keeps the first timestamp.
-#[tokio::test]
-async fn revoking_sets_the_timestamp_once() {
-    let api = Api::new();
+async fn revoking_sets_the_timestamp_once(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let created = api.create(kind, &owner, "to revoke", Value::Null).await;
@@ -298,9 +321,8 @@ async fn revoking_sets_the_timestamp_once() {
 
 /// ref §4 "Update": `revoked` may only be `true`, so `false` is `SCHEMA_ERROR`; any field other
 /// than `description` and `revoked` is `SCHEMA_ERROR`. Nothing is applied.
-#[tokio::test]
-async fn patch_refuses_revoked_false_and_unknown_fields() {
-    let api = Api::new();
+async fn patch_refuses_revoked_false_and_unknown_fields(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let created = api.create(kind, &owner, "unchanged", Value::Null).await;
@@ -329,9 +351,8 @@ async fn patch_refuses_revoked_false_and_unknown_fields() {
 }
 
 /// ref §2 (no DELETE route): revocation is a PATCH; a DELETE is not routed and deletes nothing.
-#[tokio::test]
-async fn there_is_no_delete_route() {
-    let api = Api::new();
+async fn there_is_no_delete_route(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let created = api.create(kind, &owner, "kept", Value::Null).await;
@@ -348,9 +369,8 @@ async fn there_is_no_delete_route() {
 
 /// ref §2: a list without `user_id` is 400 `SCHEMA_ERROR`, even with server access; the same
 /// for `team_id`.
-#[tokio::test]
-async fn list_without_the_owner_is_schema_error() {
-    let api = Api::new();
+async fn list_without_the_owner_is_schema_error(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         api.create(kind, &new_owner(), "exists", Value::Null).await;
         let reply = api.call(Method::GET, kind.base, None).await;
@@ -364,9 +384,8 @@ async fn list_without_the_owner_is_schema_error() {
 
 /// ref §2: `team_id` is required on every team route, so read and update without it are
 /// `SCHEMA_ERROR`.
-#[tokio::test]
-async fn team_read_and_update_without_team_id_are_schema_error() {
-    let api = Api::new();
+async fn team_read_and_update_without_team_id_are_schema_error(store: Store) {
+    let api = store.api();
     let owner = new_owner();
     let created = api.create(TEAM, &owner, "team", Value::Null).await;
     let id = str_field(&created, "id");
@@ -386,9 +405,8 @@ async fn team_read_and_update_without_team_id_are_schema_error() {
 
 /// ref §3: `content-type: application/json` is required with a body; without it the body counts
 /// as absent, which is `SCHEMA_ERROR`.
-#[tokio::test]
-async fn a_body_without_content_type_is_schema_error() {
-    let api = Api::new();
+async fn a_body_without_content_type_is_schema_error(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let created = api.create(kind, &owner, "untouched", Value::Null).await;
@@ -411,9 +429,8 @@ async fn a_body_without_content_type_is_schema_error() {
 
 /// ref §4 "Create": `description` is required, `expires_at_millis` must be present (`null` for
 /// never), the owner is required, and there is no `prefix` (or any other) field.
-#[tokio::test]
-async fn create_refuses_incomplete_or_unknown_fields() {
-    let api = Api::new();
+async fn create_refuses_incomplete_or_unknown_fields(store: Store) {
+    let api = store.api();
     for kind in KINDS {
         let owner = new_owner();
         let complete = kind.create_body(&owner, "complete", Value::Null, json!({}));

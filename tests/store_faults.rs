@@ -5,9 +5,7 @@
 //! recovers by itself once the database is back; store operations fail with a clear
 //! `StoreError` that keeps its cause; a bad SQLite file is an error at open, not a panic.
 
-#[macro_use]
-#[path = "common/store_suite.rs"]
-mod store_suite;
+mod common;
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -16,6 +14,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
+use common::store_suite;
 use keygate::key::KeyKind;
 use keygate::store::{NewKey, StoreError};
 use keygate::verify::{KeyVerifier, VerifyErrorKind};

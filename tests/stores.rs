@@ -3,13 +3,13 @@
 //! `DATABASE_URL`). Plus what only a file can show: keys survive a restart.
 
 #[macro_use]
-#[path = "common/store_suite.rs"]
-mod store_suite;
+mod common;
 
 use std::time::{Duration, SystemTime};
 
+use common::store_suite;
 use keygate::key::KeyKind;
-use keygate::store::{KeyStore, NewKey, StoreError, WhyInvalid};
+use keygate::store::{KeyStore, NewKey, WhyInvalid};
 use keygate::verify::{InvalidReason, KeyVerifier, Verdict};
 use keygate::{MemoryKeyStore, SqliteKeyStore};
 use sqlx::Row as _;
@@ -207,7 +207,7 @@ async fn postgres_schema_names_are_checked() {
         .connect()
         .await
         .expect_err("refused");
-    assert!(matches!(error, StoreError::Backend { .. }));
+    assert!(matches!(error, keygate::store::StoreError::Backend { .. }));
     assert!(error.to_string().contains("schema name"), "{error}");
 }
 

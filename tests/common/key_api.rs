@@ -5,7 +5,7 @@
 use axum::http::{Method, StatusCode};
 use axum::Router;
 use keygate::server::{key_server, KeyServerConfig};
-use keygate::MemoryKeyStore;
+use keygate::{KeyStore, MemoryKeyStore};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -147,11 +147,12 @@ pub struct Api {
 }
 
 impl Api {
+    /// A key server over a new memory store.
     pub fn new() -> Self {
         Self::with(MemoryKeyStore::new(), config())
     }
 
-    pub fn with(store: MemoryKeyStore, config: KeyServerConfig) -> Self {
+    pub fn with<S: KeyStore>(store: S, config: KeyServerConfig) -> Self {
         Self {
             app: key_server(store, config),
         }
@@ -232,9 +233,17 @@ impl Api {
             .await
     }
 
+    /// A check of `key`, whose answer never echoes it (nor a 200's Read body, ref §4).
     pub async fn check(&self, kind: Kind, key: &str) -> Reply {
-        self.call(Method::POST, &kind.check(), Some(json!({ "api_key": key })))
-            .await
+        let reply = self
+            .call(Method::POST, &kind.check(), Some(json!({ "api_key": key })))
+            .await;
+        assert!(
+            key.is_empty() || !reply.text().contains(key),
+            "{}: the key is echoed",
+            reply.what
+        );
+        reply
     }
 
     pub async fn list_len(&self, kind: Kind, owner: &str) -> usize {

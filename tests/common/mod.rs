@@ -1,7 +1,8 @@
 //! The one test harness shared by every integration test binary: a counting verifier, one
 //! request/response helper with the error-table assertions, router builders, the user/team
 //! kinds table, key minting, log capture, and (with their features) the scripted loopback
-//! upstream and the Stack Auth and key-server helpers.
+//! upstream, the Stack Auth and key-server helpers, the store conformance suite, and the key
+//! server over every store.
 
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
@@ -16,7 +17,13 @@ pub mod verifier;
 
 #[cfg(feature = "server")]
 pub mod key_api;
+#[cfg(all(feature = "server", feature = "sqlite"))]
+#[macro_use]
+pub mod key_stores;
 #[cfg(feature = "stack-auth")]
 pub mod stack_auth;
+#[cfg(feature = "sqlite")]
+#[macro_use]
+pub mod store_suite;
 #[cfg(feature = "stack-auth")]
 pub mod upstream;

@@ -3,7 +3,7 @@
 //! test files that include this module: temp SQLite files, and a fresh PostgreSQL schema per
 //! test, dropped afterwards.
 //!
-//! Include it with `#[macro_use] #[path = "common/store_suite.rs"] mod store_suite;`.
+//! `common::store_suite` (with feature `sqlite`); `#[macro_use] mod common;` brings the macro.
 #![allow(dead_code, unused_macros, unused_imports)]
 
 use std::collections::HashSet;
@@ -41,11 +41,13 @@ pub fn fresh_schema() -> String {
 }
 
 /// Drops its PostgreSQL schema (and everything in it) when dropped, even after a panic.
+#[cfg(feature = "postgres")]
 pub struct PgSchema {
     pub url: String,
     pub name: String,
 }
 
+#[cfg(feature = "postgres")]
 impl Drop for PgSchema {
     fn drop(&mut self) {
         let (url, name) = (self.url.clone(), self.name.clone());
@@ -143,7 +145,7 @@ macro_rules! store_conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
                     let Some(harness) = $setup else { return };
-                    crate::store_suite::$case(&harness.0).await;
+                    crate::common::store_suite::$case(&harness.0).await;
                 }
             )*
         }
