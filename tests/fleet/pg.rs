@@ -15,7 +15,7 @@ use keygate::verify::{InvalidReason, KeyVerifier, Owner, Verdict};
 use keygate::{CachedVerifier, PostgresKeyStore};
 use uuid::Uuid;
 
-use crate::store_suite::{database_url, fresh_schema, PgSchema};
+use crate::store_suite::{database_url, fresh_schema, PgRole, PgSchema};
 use crate::{report, suffix, until_all_refuse, warm, ROUNDS, TTL, WAIT, WITHIN};
 
 /// One test's schema, and a store over it that no cache wraps: a revocation made through it
@@ -227,8 +227,13 @@ async fn a_payload_that_is_not_a_key_id_is_ignored_and_the_feed_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_during_a_listener_outage_is_enforced_once_the_listener_is_back() {
     let Some(db) = Db::start().await else { return };
-    // A role of the test's own for the feeds, which the test can lock out.
-    let role = format!("fleet_feed_{}", suffix());
+    // A role of the test's own for the feeds, which the test can lock out; dropped at the end
+    // (after the feeds, declared later), even after a panic.
+    let guard = PgRole {
+        url: db.url().to_owned(),
+        name: format!("fleet_feed_{}", suffix()),
+    };
+    let role = guard.name.as_str();
     let admin = db.admin.pool();
     sqlx::raw_sql(&format!("CREATE ROLE {role} LOGIN"))
         .execute(admin)
@@ -237,7 +242,7 @@ async fn a_revocation_during_a_listener_outage_is_enforced_once_the_listener_is_
     let (app_empty, app_keep) = (format!("{role}_empty"), format!("{role}_keep"));
     // The store's pool settings, as the role.
     let feed = |store: &PostgresKeyStore, app: &str| {
-        let options = (*store.pool().connect_options()).clone().username(&role);
+        let options = (*store.pool().connect_options()).clone().username(role);
         PgRevocationFeed::with_options(options).application_name(app)
     };
     let empties = db.instance(|s| feed(s, &app_empty)).await;
@@ -316,9 +321,6 @@ async fn a_revocation_during_a_listener_outage_is_enforced_once_the_listener_is_
     let (a, b) = (empties.feed, keeps.feed);
     a.shutdown().await;
     b.shutdown().await;
-    let _ = sqlx::raw_sql(&format!("DROP ROLE {role}"))
-        .execute(admin)
-        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
