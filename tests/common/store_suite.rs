@@ -55,20 +55,8 @@ impl Drop for PgSchema {
     }
 }
 
-/// Drops its PostgreSQL role when dropped, even after a panic.
-pub struct PgRole {
-    pub url: String,
-    pub name: String,
-}
-
-impl Drop for PgRole {
-    fn drop(&mut self) {
-        execute_detached(&self.url, format!("DROP ROLE IF EXISTS \"{}\"", self.name));
-    }
-}
-
 /// Runs `sql` on a connection of its own, ignoring failures: for guards' drops.
-fn execute_detached(url: &str, sql: String) {
+pub fn execute_detached(url: &str, sql: String) {
     let url = url.to_owned();
     // Its own thread and runtime: drop may run inside (or outside) a test's runtime.
     let _ = std::thread::spawn(move || {

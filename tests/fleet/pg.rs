@@ -15,7 +15,7 @@ use keygate::verify::{InvalidReason, KeyVerifier, Owner, Verdict};
 use keygate::{CachedVerifier, PostgresKeyStore};
 use uuid::Uuid;
 
-use crate::store_suite::{database_url, fresh_schema, PgRole, PgSchema};
+use crate::store_suite::{database_url, execute_detached, fresh_schema, PgSchema};
 use crate::{report, suffix, until_all_refuse, warm, ROUNDS, TTL, WAIT, WITHIN};
 
 /// One test's schema, and a store over it that no cache wraps: a revocation made through it
@@ -102,6 +102,18 @@ async fn execute(store: &PostgresKeyStore, sql: &str, key_id: Uuid) {
         .await
         .expect(sql);
     assert_eq!(done.rows_affected(), 1, "{sql}");
+}
+
+/// Drops its PostgreSQL role when dropped, even after a panic.
+struct PgRole {
+    url: String,
+    name: String,
+}
+
+impl Drop for PgRole {
+    fn drop(&mut self) {
+        execute_detached(&self.url, format!("DROP ROLE IF EXISTS \"{}\"", self.name));
+    }
 }
 
 struct Instance {
