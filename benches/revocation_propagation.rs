@@ -2,8 +2,11 @@
 //! 1,000 revocations each for PostgreSQL `LISTEN`/`NOTIFY` and Redis pub/sub, to three instances
 //! (three caches, three feed connections) on loopback. Prints median, p99 and max.
 //!
-//! - PostgreSQL: the clock starts before `BEGIN; UPDATE … SET revoked_at = now(); COMMIT` on a
-//!   table carrying the store's revocation trigger (`pg_notify` in the writing transaction).
+//! - PostgreSQL: three `PostgresKeyStore`s (a pool each) over one fresh schema the store
+//!   migrates, each behind its own cache and `PgRevocationFeed`; the clock starts before
+//!   `KeyStore::revoke` through one of them (in turn), whose trigger sends `pg_notify` in the
+//!   revoking statement's transaction. The revoking instance's cache also hears of it in
+//!   process; the figure is the time until all three feeds delivered it.
 //! - Redis: the clock starts before `RedisRevocationPublisher::publish` (what a revocation
 //!   through an attached `StackAuthClient` does after Stack Auth answered).
 //!
@@ -24,8 +27,9 @@ use keygate::fleet::{
     RevocationTarget,
 };
 use keygate::key::{ApiKey, Deployment, KeyKind};
+use keygate::store::{KeyStore, NewKey, REVOCATION_CHANNEL};
 use keygate::verify::{KeyInfo, KeyVerifier, Owner, Verdict, VerifyError};
-use keygate::CachedVerifier;
+use keygate::{CachedVerifier, PostgresKeyStore};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -34,7 +38,7 @@ const INSTANCES: usize = 3;
 /// A revocation not seen by every instance within this is counted as lost.
 const GIVE_UP: Duration = Duration::from_secs(2);
 
-/// Says every key is valid: the bench is about the feed, not the lookup.
+/// Says every key is valid: Redis's half is about the feed, not the lookup.
 struct AllValid;
 
 impl KeyVerifier for AllValid {
@@ -47,22 +51,24 @@ impl KeyVerifier for AllValid {
     }
 }
 
-type Cache = CachedVerifier<AllValid>;
-
-/// Three caches, each telling `seen` when its feed dropped a key.
-struct Fleet {
-    caches: Vec<Cache>,
+/// Three caches, each over the verifier `verifiers` gave it, each telling `seen` when its feed
+/// dropped a key.
+struct Fleet<V> {
+    caches: Vec<CachedVerifier<V>>,
     seen: mpsc::UnboundedReceiver<(usize, Uuid, Instant)>,
     feeds: Vec<RevocationFeed>,
 }
 
-impl Fleet {
-    async fn start(spawn: impl Fn(Arc<dyn RevocationTarget>) -> RevocationFeed) -> Self {
+impl<V: KeyVerifier> Fleet<V> {
+    async fn start(
+        verifiers: Vec<V>,
+        spawn: impl Fn(&V, Arc<dyn RevocationTarget>) -> RevocationFeed,
+    ) -> Self {
         let (tx, seen) = mpsc::unbounded_channel();
         let mut caches = Vec::new();
         let mut feeds = Vec::new();
-        for i in 0..INSTANCES {
-            let cache = CachedVerifier::builder(AllValid)
+        for (i, verifier) in verifiers.into_iter().enumerate() {
+            let cache = CachedVerifier::builder(verifier)
                 .ttl(Duration::from_secs(600))
                 .build();
             let (for_revoked, for_missed, tx) = (cache.clone(), cache.clone(), tx.clone());
@@ -73,7 +79,7 @@ impl Fleet {
                 },
                 move || for_missed.events_missed(),
             ));
-            let feed = spawn(target);
+            let feed = spawn(cache.get_ref(), target);
             assert!(
                 feed.wait_connected(Duration::from_secs(10)).await,
                 "feed {i}: {:?}",
@@ -87,10 +93,6 @@ impl Fleet {
             seen,
             feeds,
         }
-    }
-
-    fn new_key(&self) -> ApiKey {
-        ApiKey::generate(Uuid::new_v4(), KeyKind::User, false, Deployment::SelfHosted).expect("rng")
     }
 
     async fn warm(&self, key: &ApiKey) {
@@ -139,73 +141,45 @@ fn summary(label: &str, delays: &mut [Duration], lost: usize) {
 }
 
 async fn postgres(url: &str) {
-    use sqlx::postgres::PgPoolOptions;
-
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(url)
-        .await
-        .expect("connect to DATABASE_URL");
-    let suffix = &Uuid::new_v4().simple().to_string()[..12];
-    let schema = format!("fleet_bench_{suffix}");
-    let channel = format!("keygate_revocations_{suffix}");
-    sqlx::raw_sql(&format!(
-        r#"
-        CREATE SCHEMA {schema};
-        CREATE TABLE {schema}.keygate_api_keys (id uuid PRIMARY KEY, revoked_at timestamptz,
-            expires_at timestamptz);
-        CREATE FUNCTION {schema}.keygate_notify_revocation() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF TG_OP = 'DELETE' OR NEW.revoked_at IS DISTINCT FROM OLD.revoked_at
-                OR NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
-                PERFORM pg_notify('{channel}', OLD.id::text);
-            END IF;
-            RETURN NULL;
-        END $$;
-        CREATE TRIGGER keygate_revocation AFTER UPDATE OR DELETE ON {schema}.keygate_api_keys
-            FOR EACH ROW EXECUTE FUNCTION {schema}.keygate_notify_revocation();
-        "#
-    ))
-    .execute(&pool)
-    .await
-    .expect("schema");
-    let mut fleet = Fleet::start(|target| {
-        PgRevocationFeed::connect(url)
-            .channel(&channel)
+    let schema = format!("keygate_bench_{}", Uuid::new_v4().simple());
+    let mut stores = Vec::new();
+    for _ in 0..INSTANCES {
+        let store = PostgresKeyStore::builder(url)
+            .schema(&schema)
+            .max_connections(2)
+            .connect()
+            .await
+            .expect("connect to DATABASE_URL");
+        stores.push(store);
+    }
+    let mut fleet = Fleet::start(stores, |store, target| {
+        PgRevocationFeed::for_pool(store.pool())
+            .channel(REVOCATION_CHANNEL)
             .spawn(target)
             .expect("spawn")
     })
     .await;
-    let (insert, revoke) = (
-        format!("INSERT INTO {schema}.keygate_api_keys (id) VALUES ($1)"),
-        format!("UPDATE {schema}.keygate_api_keys SET revoked_at = now() WHERE id = $1"),
-    );
     let (mut delays, mut lost) = (Vec::with_capacity(REVOCATIONS), 0);
-    for _ in 0..REVOCATIONS {
-        let key = fleet.new_key();
-        sqlx::query(&insert)
-            .bind(key.key_id())
-            .execute(&pool)
+    for round in 0..REVOCATIONS {
+        let store = |i: usize| fleet.caches[i % INSTANCES].get_ref();
+        let key = store(round)
+            .create(Owner::user("bench"), NewKey::new("bench"))
             .await
-            .expect("insert");
+            .expect("create")
+            .key;
         fleet.warm(&key).await;
         let start = Instant::now();
-        let mut tx = pool.begin().await.expect("begin");
-        sqlx::query(&revoke)
-            .bind(key.key_id())
-            .execute(&mut *tx)
-            .await
-            .expect("revoke");
-        tx.commit().await.expect("commit");
+        store(round + 1).revoke(key.key_id()).await.expect("revoke");
         match fleet.propagated(&key, start).await {
             Some(delay) => delays.push(delay),
             None => lost += 1,
         }
     }
     summary("postgres", &mut delays, lost);
+    let admin = fleet.caches[0].get_ref().pool().clone();
     fleet.shutdown().await;
-    let _ = sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&pool)
+    let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&admin)
         .await;
 }
 
@@ -217,7 +191,7 @@ async fn redis(url: &str) {
     let publisher = RedisRevocationPublisher::connect_on(url, &channel)
         .await
         .expect("connect to REDIS_URL");
-    let mut fleet = Fleet::start(|target| {
+    let mut fleet = Fleet::start((0..INSTANCES).map(|_| AllValid).collect(), |_, target| {
         RedisRevocationFeed::connect(url)
             .channel(&channel)
             .spawn(target)
@@ -226,7 +200,8 @@ async fn redis(url: &str) {
     .await;
     let (mut delays, mut lost) = (Vec::with_capacity(REVOCATIONS), 0);
     for _ in 0..REVOCATIONS {
-        let key = fleet.new_key();
+        let key = ApiKey::generate(Uuid::new_v4(), KeyKind::User, false, Deployment::SelfHosted)
+            .expect("rng");
         fleet.warm(&key).await;
         let start = Instant::now();
         let receivers = publisher.publish(key.key_id()).await.expect("publish");

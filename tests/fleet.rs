@@ -3,9 +3,10 @@
 //! of them and revoked through one must be refused by all of them within 1 s, because the feed
 //! told them, not because a TTL ran out.
 //!
-//! - `pg`: PostgreSQL `LISTEN`/`NOTIFY`. Each test makes its own schema, a key table and the
-//!   revocation trigger the PostgreSQL store installs (`pg_notify` in the writing transaction),
-//!   on a channel of its own, so tests run in parallel.
+//! - `pg`: PostgreSQL `LISTEN`/`NOTIFY` over `PostgresKeyStore`: each instance is a store with
+//!   a pool of its own, over one fresh schema per test that the store migrates (its trigger
+//!   sends `pg_notify` in the revoking transaction); keys are created and revoked through the
+//!   store's API.
 //! - `redis_pubsub`: Redis pub/sub, with keys managed through `StackAuthClient` against
 //!   keygate's key server on a loopback port, and a `RedisRevocationPublisher` attached to the
 //!   client that revokes.
@@ -21,6 +22,9 @@ mod fleet {
     pub mod pg;
     pub mod redis_pubsub;
 }
+
+#[path = "common/store_suite.rs"]
+mod store_suite;
 
 use std::time::{Duration, Instant};
 

@@ -50,25 +50,31 @@ pub struct PgSchema {
 #[cfg(feature = "postgres")]
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        // Its own thread and runtime: drop may run inside (or outside) a test's runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                use sqlx::Connection as _;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                        .execute(&mut conn)
-                        .await;
-                    let _ = conn.close().await;
-                }
-            });
-        })
-        .join();
+        execute_detached(
+            &self.url,
+            format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name),
+        );
     }
+}
+
+/// Runs `sql` on a connection of its own, ignoring failures: for guards' drops.
+pub fn execute_detached(url: &str, sql: String) {
+    let url = url.to_owned();
+    // Its own thread and runtime: drop may run inside (or outside) a test's runtime.
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            use sqlx::Connection as _;
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                let _ = sqlx::query(&sql).execute(&mut conn).await;
+                let _ = conn.close().await;
+            }
+        });
+    })
+    .join();
 }
 
 /// A PostgreSQL store in a fresh schema, or `None` (skipped) without `DATABASE_URL`.

@@ -1,82 +1,52 @@
-//! PostgreSQL `LISTEN`/`NOTIFY` feeds.
+//! PostgreSQL `LISTEN`/`NOTIFY` feeds over the real store: every instance is a
+//! `PostgresKeyStore` with a pool of its own, over one fresh schema per test (migrated by the
+//! store, dropped afterwards even after a panic), whose trigger announces revocations on
+//! `REVOCATION_CHANNEL`. That channel is one per database, so concurrent tests hear each
+//! other's (random) key ids: nothing here counts notifications exactly.
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use keygate::fleet::{Backoff, FeedState, OnReconnect, PgRevocationFeed, RevocationFeed};
-use keygate::key::{ApiKey, Deployment, KeyKind};
-use keygate::verify::{
-    InvalidReason, KeyInfo, KeyVerifier, Owner, Verdict, VerifyError, VerifyErrorKind,
+use keygate::fleet::{
+    Backoff, FeedState, OnReconnect, PgRevocationFeed, RevocationFeed, DEFAULT_CHANNEL,
 };
-use keygate::CachedVerifier;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::Row;
-use subtle::ConstantTimeEq;
+use keygate::key::ApiKey;
+use keygate::store::{KeyStore, NewKey, REVOCATION_CHANNEL};
+use keygate::verify::{InvalidReason, KeyVerifier, Owner, Verdict};
+use keygate::{CachedVerifier, PostgresKeyStore};
 use uuid::Uuid;
 
-use crate::{report, service_url, suffix, until_all_refuse, warm, ROUNDS, TTL, WAIT, WITHIN};
+use crate::store_suite::{database_url, execute_detached, fresh_schema, PgSchema};
+use crate::{report, suffix, until_all_refuse, warm, ROUNDS, TTL, WAIT, WITHIN};
 
-/// One test's schema: a key table with the store's revocation trigger, notifying a channel of
-/// the test's own.
+/// One test's schema, and a store over it that no cache wraps: a revocation made through it
+/// reaches the instances only through their feeds.
 struct Db {
-    url: String,
-    admin: PgPool,
-    schema: String,
-    channel: String,
+    schema: PgSchema,
+    admin: PostgresKeyStore,
 }
 
 impl Db {
     async fn start() -> Option<Self> {
-        let url = service_url("DATABASE_URL")?;
-        let admin = pool(&url).await;
-        let suffix = suffix();
-        let schema = format!("fleet_{suffix}");
-        let channel = format!("keygate_revocations_{suffix}");
-        sqlx::raw_sql(&format!(
-            r#"
-            CREATE SCHEMA {schema};
-            CREATE TABLE {schema}.keygate_api_keys (
-                id uuid PRIMARY KEY,
-                secret_digest bytea NOT NULL,
-                owner_id text NOT NULL,
-                revoked_at timestamptz,
-                expires_at timestamptz
-            );
-            CREATE FUNCTION {schema}.keygate_notify_revocation() RETURNS trigger
-            LANGUAGE plpgsql AS $$
-            BEGIN
-                IF TG_OP = 'DELETE'
-                    OR NEW.revoked_at IS DISTINCT FROM OLD.revoked_at
-                    OR NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
-                    PERFORM pg_notify('{channel}', OLD.id::text);
-                END IF;
-                RETURN NULL;
-            END $$;
-            CREATE TRIGGER keygate_revocation AFTER UPDATE OR DELETE ON {schema}.keygate_api_keys
-                FOR EACH ROW EXECUTE FUNCTION {schema}.keygate_notify_revocation();
-            "#
-        ))
-        .execute(&admin)
-        .await
-        .expect("schema");
-        Some(Self {
+        let url = database_url()?;
+        let schema = PgSchema {
             url,
-            admin,
-            schema,
-            channel,
-        })
+            name: fresh_schema(),
+        };
+        let admin = store(&schema).await;
+        Some(Self { schema, admin })
     }
 
-    /// An instance: its own pool, its own cache, its own feed connection.
-    async fn instance(&self, feed: PgRevocationFeed) -> Instance {
-        let cache = CachedVerifier::builder(TableVerifier {
-            pool: pool(&self.url).await,
-            schema: self.schema.clone(),
-        })
-        .ttl(TTL)
-        .build();
-        let feed = feed
-            .channel(&self.channel)
+    fn url(&self) -> &str {
+        &self.schema.url
+    }
+
+    /// An instance: its own store (and pool), its own cache, its own feed connection. `feed`
+    /// makes the feed from the instance's store.
+    async fn instance(&self, feed: impl FnOnce(&PostgresKeyStore) -> PgRevocationFeed) -> Instance {
+        let store = store(&self.schema).await;
+        let cache = CachedVerifier::builder(store.clone()).ttl(TTL).build();
+        let feed = feed(&store)
+            .channel(REVOCATION_CHANNEL)
             .backoff(Backoff::new(
                 Duration::from_millis(20),
                 Duration::from_millis(200),
@@ -84,166 +54,173 @@ impl Db {
             .spawn(&cache)
             .expect("spawn");
         assert!(feed.wait_connected(WAIT).await, "{:?}", feed.status());
-        Instance { cache, feed }
+        Instance { store, cache, feed }
     }
 
-    fn feed(&self) -> PgRevocationFeed {
-        PgRevocationFeed::connect(&self.url)
-    }
-
-    /// A new user key, stored.
-    async fn new_key(&self) -> ApiKey {
-        let key = ApiKey::generate(Uuid::new_v4(), KeyKind::User, false, Deployment::SelfHosted)
-            .expect("rng");
-        sqlx::query(&format!(
-            "INSERT INTO {}.keygate_api_keys (id, secret_digest, owner_id) VALUES ($1, $2, $3)",
-            self.schema
-        ))
-        .bind(key.key_id())
-        .bind(&key.digest().as_bytes()[..])
-        .bind("user-1")
-        .execute(&self.admin)
-        .await
-        .expect("insert");
-        key
-    }
-
-    /// Revokes through `pool` (one instance's), in a transaction of its own.
-    async fn revoke(&self, pool: &PgPool, key_id: Uuid) {
-        let mut tx = pool.begin().await.expect("begin");
-        let done = sqlx::query(&format!(
-            "UPDATE {}.keygate_api_keys SET revoked_at = now() WHERE id = $1",
-            self.schema
-        ))
-        .bind(key_id)
-        .execute(&mut *tx)
-        .await
-        .expect("revoke");
-        assert_eq!(done.rows_affected(), 1);
-        tx.commit().await.expect("commit");
-    }
-
-    async fn notify(&self, payload: &str) {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&self.channel)
-            .bind(payload)
-            .execute(&self.admin)
-            .await
-            .expect("notify");
-    }
-
-    async fn cleanup(self) {
-        let _ = sqlx::raw_sql(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .execute(&self.admin)
-            .await;
+    /// Three instances: the first's feed from its URL, the others' from their store's pool.
+    async fn fleet(&self) -> Vec<Instance> {
+        let mut fleet = vec![
+            self.instance(|_| PgRevocationFeed::connect(self.url()))
+                .await,
+        ];
+        for _ in 1..3 {
+            fleet.push(
+                self.instance(|s| PgRevocationFeed::for_pool(s.pool()))
+                    .await,
+            );
+        }
+        fleet
     }
 }
 
-async fn pool(url: &str) -> PgPool {
-    PgPoolOptions::new()
+/// A store over the test's schema, with a small pool of its own.
+async fn store(schema: &PgSchema) -> PostgresKeyStore {
+    PostgresKeyStore::builder(&schema.url)
+        .schema(&schema.name)
         .max_connections(2)
         .acquire_timeout(WAIT)
-        .connect(url)
+        .connect()
         .await
         .expect("connect to DATABASE_URL")
 }
 
-struct Instance {
-    cache: CachedVerifier<TableVerifier>,
-    feed: RevocationFeed,
+/// A new user key, created through `store`.
+async fn new_key(store: &PostgresKeyStore) -> ApiKey {
+    store
+        .create(Owner::user("user-1"), NewKey::new("fleet"))
+        .await
+        .expect("create")
+        .key
 }
 
-impl Instance {
-    fn pool(&self) -> &PgPool {
-        &self.cache.get_ref().pool
+/// Runs `sql` (on the schema's table, `$1` the key id) through `store`'s pool: one statement,
+/// its own transaction.
+async fn execute(store: &PostgresKeyStore, sql: &str, key_id: Uuid) {
+    let done = sqlx::query(sql)
+        .bind(key_id)
+        .execute(store.pool())
+        .await
+        .expect(sql);
+    assert_eq!(done.rows_affected(), 1, "{sql}");
+}
+
+/// Drops its PostgreSQL role when dropped, even after a panic.
+struct PgRole {
+    url: String,
+    name: String,
+}
+
+impl Drop for PgRole {
+    fn drop(&mut self) {
+        execute_detached(&self.url, format!("DROP ROLE IF EXISTS \"{}\"", self.name));
     }
 }
 
-/// Reads the test's key table, as the PostgreSQL store would.
-struct TableVerifier {
-    pool: PgPool,
-    schema: String,
+struct Instance {
+    store: PostgresKeyStore,
+    cache: CachedVerifier<PostgresKeyStore>,
+    feed: RevocationFeed,
 }
 
-impl KeyVerifier for TableVerifier {
-    async fn verify(&self, key: &ApiKey) -> Result<Verdict, VerifyError> {
-        let row = sqlx::query(&format!(
-            "SELECT secret_digest, owner_id, revoked_at IS NOT NULL AS revoked \
-             FROM {}.keygate_api_keys WHERE id = $1",
-            self.schema
-        ))
-        .bind(key.key_id())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| VerifyError::new(VerifyErrorKind::Store, e.to_string()))?;
-        let Some(row) = row else {
-            return Ok(Verdict::Invalid(InvalidReason::NotFound));
-        };
-        let digest: Vec<u8> = row.get("secret_digest");
-        if !bool::from(digest.as_slice().ct_eq(&key.digest().as_bytes()[..])) {
-            return Ok(Verdict::Invalid(InvalidReason::NotFound));
-        }
-        if row.get::<bool, _>("revoked") {
-            return Ok(Verdict::Invalid(InvalidReason::Revoked));
-        }
-        let owner: String = row.get("owner_id");
-        Ok(Verdict::valid(KeyInfo::new(
-            key.key_id(),
-            Owner::user(owner),
-            false,
-        )))
+/// Each instance refuses `key` for `reason`, from its cache or its store.
+async fn all_refuse_for(fleet: &[Instance], key: &ApiKey, reason: InvalidReason) {
+    for (i, instance) in fleet.iter().enumerate() {
+        let verdict = instance.cache.verify(key).await.expect("verify");
+        assert_eq!(verdict, Verdict::Invalid(reason), "instance {i}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_refuse_a_key_revoked_through_one_within_a_second() {
     let Some(db) = Db::start().await else { return };
-    let mut fleet = Vec::new();
-    for _ in 0..3 {
-        fleet.push(db.instance(db.feed()).await);
-    }
+    // The feed's default channel is the one the store's trigger sends on.
+    assert_eq!(DEFAULT_CHANNEL, REVOCATION_CHANNEL);
+    let fleet = db.fleet().await;
     let caches: Vec<_> = fleet.iter().map(|i| &i.cache).collect();
     let mut delays = Vec::new();
     for round in 0..ROUNDS {
-        let key = db.new_key().await;
+        // Created through one instance, revoked through the next.
+        let key = new_key(&fleet[round % 3].store).await;
         warm(&caches, &key).await;
-        let revoker = &fleet[round % 3];
         let start = Instant::now();
-        db.revoke(revoker.pool(), key.key_id()).await;
+        let revoked = fleet[(round + 1) % 3]
+            .store
+            .revoke(key.key_id())
+            .await
+            .expect("revoke");
+        assert!(revoked.revoked_at.is_some());
         match until_all_refuse(&caches, &key, start, WITHIN).await {
             Ok(delay) => delays.push(delay),
             Err(still) => panic!("round {round}: instances {still:?} still accept the key"),
         }
         // The refusal is the store's "revoked", now cached as such.
-        for cache in &caches {
-            assert_eq!(
-                cache.verify(&key).await.expect("verify"),
-                Verdict::Invalid(InvalidReason::Revoked)
-            );
-        }
+        all_refuse_for(&fleet, &key, InvalidReason::Revoked).await;
     }
     let (_, max) = report("postgres, 3 instances", &mut delays);
     assert!(max <= WITHIN);
     for instance in &fleet {
         let status = instance.feed.status();
-        assert_eq!(status.events, ROUNDS as u64, "{status:?}");
-        assert_eq!((status.ignored, status.reconnects), (0, 0), "{status:?}");
+        // At least ours: other tests' revocations share the channel.
+        assert!(status.events >= ROUNDS as u64, "{status:?}");
+        assert_eq!(status.reconnects, 0, "{status:?}");
     }
-    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_moved_to_the_past_or_a_deletion_reaches_every_instance() {
+    let Some(db) = Db::start().await else { return };
+    let fleet = db.fleet().await;
+    let caches: Vec<_> = fleet.iter().map(|i| &i.cache).collect();
+    // The store has no call for either: they are what an operator's SQL (or a retention job)
+    // does, and the trigger announces them like a revocation.
+    let changes = [
+        (
+            "UPDATE keygate_api_keys SET expires_at = \
+             (extract(epoch FROM now()) * 1000)::bigint - 1000 WHERE id = $1",
+            InvalidReason::Expired,
+        ),
+        (
+            "DELETE FROM keygate_api_keys WHERE id = $1",
+            InvalidReason::NotFound,
+        ),
+    ];
+    for (sql, reason) in changes {
+        let mut delays = Vec::new();
+        for round in 0..5 {
+            let key = new_key(&db.admin).await;
+            warm(&caches, &key).await;
+            let start = Instant::now();
+            execute(&fleet[round % 3].store, sql, key.key_id()).await;
+            match until_all_refuse(&caches, &key, start, WITHIN).await {
+                Ok(delay) => delays.push(delay),
+                Err(still) => panic!("{sql}: instances {still:?} still accept the key"),
+            }
+            all_refuse_for(&fleet, &key, reason).await;
+        }
+        report(&format!("postgres, {}", reason.as_str()), &mut delays);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_that_is_not_a_key_id_is_ignored_and_the_feed_goes_on() {
     let Some(db) = Db::start().await else { return };
-    let instance = db.instance(db.feed()).await;
-    let key = db.new_key().await;
+    let instance = db.instance(|s| PgRevocationFeed::for_pool(s.pool())).await;
+    let key = new_key(&db.admin).await;
     warm(&[&instance.cache], &key).await;
-    for payload in ["", "not a key id", "sk_0123456789abcdef", &"x".repeat(7000)] {
-        db.notify(payload).await;
+    let garbage = ["", "not a key id", "sk_0123456789abcdef", &"x".repeat(7000)];
+    for payload in garbage {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(REVOCATION_CHANNEL)
+            .bind(payload)
+            .execute(db.admin.pool())
+            .await
+            .expect("notify");
     }
     let feed = &instance.feed;
+    // At least: another run of this test on the same database would add its own.
     assert!(
-        feed.wait_for(WAIT, |s| s.ignored == 4).await,
+        feed.wait_for(WAIT, |s| s.ignored >= garbage.len() as u64)
+            .await,
         "{:?}",
         feed.status()
     );
@@ -253,39 +230,45 @@ async fn a_payload_that_is_not_a_key_id_is_ignored_and_the_feed_goes_on() {
         "nothing dropped"
     );
     let start = Instant::now();
-    db.revoke(&db.admin, key.key_id()).await;
+    db.admin.revoke(key.key_id()).await.expect("revoke");
     until_all_refuse(&[&instance.cache], &key, start, WITHIN)
         .await
         .expect("refused after the garbage");
-    db.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_during_a_listener_outage_is_enforced_once_the_listener_is_back() {
     let Some(db) = Db::start().await else { return };
-    // A role of the test's own for the feeds, which the test can lock out.
-    let role = format!("fleet_feed_{}", suffix());
+    // A role of the test's own for the feeds, which the test can lock out; dropped at the end
+    // (after the feeds, declared later), even after a panic.
+    let guard = PgRole {
+        url: db.url().to_owned(),
+        name: format!("fleet_feed_{}", suffix()),
+    };
+    let role = guard.name.as_str();
+    let admin = db.admin.pool();
     sqlx::raw_sql(&format!("CREATE ROLE {role} LOGIN"))
-        .execute(&db.admin)
+        .execute(admin)
         .await
         .expect("role");
-    let options = PgConnectOptions::from_str(&db.url)
-        .expect("DATABASE_URL")
-        .username(&role);
     let (app_empty, app_keep) = (format!("{role}_empty"), format!("{role}_keep"));
-    let feed = |app: &str| PgRevocationFeed::with_options(options.clone()).application_name(app);
-    let empties = db.instance(feed(&app_empty)).await;
+    // The store's pool settings, as the role.
+    let feed = |store: &PostgresKeyStore, app: &str| {
+        let options = (*store.pool().connect_options()).clone().username(role);
+        PgRevocationFeed::with_options(options).application_name(app)
+    };
+    let empties = db.instance(|s| feed(s, &app_empty)).await;
     let keeps = db
-        .instance(feed(&app_keep).on_reconnect(OnReconnect::KeepCache))
+        .instance(|s| feed(s, &app_keep).on_reconnect(OnReconnect::KeepCache))
         .await;
     let both = [&empties.cache, &keeps.cache];
-    let (missed, later) = (db.new_key().await, db.new_key().await);
+    let (missed, later) = (new_key(&db.admin).await, new_key(&db.admin).await);
     warm(&both, &missed).await;
     warm(&both, &later).await;
 
     // The outage: the role may not log in, and the listening backends are terminated.
     sqlx::raw_sql(&format!("ALTER ROLE {role} NOLOGIN"))
-        .execute(&db.admin)
+        .execute(admin)
         .await
         .expect("nologin");
     let terminated: i64 = sqlx::query_scalar(
@@ -293,7 +276,7 @@ async fn a_revocation_during_a_listener_outage_is_enforced_once_the_listener_is_
          WHERE application_name = ANY($1)) t",
     )
     .bind(vec![app_empty.clone(), app_keep.clone()])
-    .fetch_one(&db.admin)
+    .fetch_one(admin)
     .await
     .expect("terminate");
     assert_eq!(terminated, 2, "both listening backends found");
@@ -307,7 +290,8 @@ async fn a_revocation_during_a_listener_outage_is_enforced_once_the_listener_is_
             feed.status()
         );
     }
-    db.revoke(&db.admin, missed.key_id()).await;
+    // Revoked through the store while nobody listens: the notification is lost.
+    db.admin.revoke(missed.key_id()).await.expect("revoke");
     // While disconnected, both keep serving from their caches (within the TTL).
     tokio::time::sleep(Duration::from_millis(300)).await;
     for cache in both {
@@ -318,7 +302,7 @@ async fn a_revocation_during_a_listener_outage_is_enforced_once_the_listener_is_
 
     // Back: the default empties its cache once listening again; KeepCache does not.
     sqlx::raw_sql(&format!("ALTER ROLE {role} LOGIN"))
-        .execute(&db.admin)
+        .execute(admin)
         .await
         .expect("login");
     for instance in [&empties, &keeps] {
@@ -330,14 +314,18 @@ async fn a_revocation_during_a_listener_outage_is_enforced_once_the_listener_is_
             feed.status()
         );
     }
-    assert!(!crate::accepts(&empties.cache, &missed).await, "enforced");
+    assert_eq!(
+        empties.cache.verify(&missed).await.expect("verify"),
+        Verdict::Invalid(InvalidReason::Revoked),
+        "enforced"
+    );
     assert!(
         crate::accepts(&keeps.cache, &missed).await,
         "KeepCache: a missed revocation waits for the TTL"
     );
     // Revocations after the reconnection reach both.
     let start = Instant::now();
-    db.revoke(&db.admin, later.key_id()).await;
+    db.admin.revoke(later.key_id()).await.expect("revoke");
     until_all_refuse(&both, &later, start, WITHIN)
         .await
         .expect("the feeds work again");
@@ -345,62 +333,61 @@ async fn a_revocation_during_a_listener_outage_is_enforced_once_the_listener_is_
     let (a, b) = (empties.feed, keeps.feed);
     a.shutdown().await;
     b.shutdown().await;
-    let _ = sqlx::raw_sql(&format!("DROP ROLE {role}"))
-        .execute(&db.admin)
-        .await;
-    db.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_the_listening_connection_and_stops_dropping_keys() {
     let Some(db) = Db::start().await else { return };
     let app = format!("fleet_shutdown_{}", suffix());
-    let instance = db.instance(db.feed().application_name(&app)).await;
+    let instance = db
+        .instance(|_| PgRevocationFeed::connect(db.url()).application_name(&app))
+        .await;
     let listening = || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
         )
         .bind(&app)
-        .fetch_one(&db.admin)
+        .fetch_one(db.admin.pool())
         .await
         .expect("pg_stat_activity")
     };
     assert_eq!(listening().await, 1);
-    let key = db.new_key().await;
+    let key = new_key(&db.admin).await;
     warm(&[&instance.cache], &key).await;
-    let Instance { cache, feed } = instance;
+    let Instance { cache, feed, .. } = instance;
     feed.shutdown().await;
     let deadline = Instant::now() + WAIT;
     while listening().await > 0 {
         assert!(Instant::now() < deadline, "the connection is still open");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    db.revoke(&db.admin, key.key_id()).await;
+    db.admin.revoke(key.key_id()).await.expect("revoke");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         crate::accepts(&cache, &key).await,
         "no feed: the TTL is the bound"
     );
-    db.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_keep_an_idle_connection_and_lose_nothing() {
     let Some(db) = Db::start().await else { return };
-    // Built from a pool's settings; checked every 20 ms while idle.
-    let feed =
-        PgRevocationFeed::for_pool(&db.admin).health_check_interval(Duration::from_millis(20));
-    let instance = db.instance(feed).await;
-    let key = db.new_key().await;
+    // Checked every 20 ms while idle.
+    let instance = db
+        .instance(|s| {
+            PgRevocationFeed::for_pool(s.pool()).health_check_interval(Duration::from_millis(20))
+        })
+        .await;
+    let key = new_key(&db.admin).await;
     warm(&[&instance.cache], &key).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = Instant::now();
-    db.revoke(&db.admin, key.key_id()).await;
+    db.admin.revoke(key.key_id()).await.expect("revoke");
     until_all_refuse(&[&instance.cache], &key, start, WITHIN)
         .await
         .expect("refused");
     let status = instance.feed.status();
     assert!(status.is_connected(), "{status:?}");
-    assert_eq!((status.events, status.reconnects), (1, 0), "{status:?}");
-    db.cleanup().await;
+    assert!(status.events >= 1, "{status:?}");
+    assert_eq!(status.reconnects, 0, "{status:?}");
 }
