@@ -23,8 +23,7 @@ mod fleet {
     pub mod redis_pubsub;
 }
 
-#[path = "common/store_suite.rs"]
-mod store_suite;
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -41,21 +40,6 @@ pub const WITHIN: Duration = Duration::from_secs(1);
 pub const ROUNDS: usize = 50;
 /// Any wait for a feed (connect, reconnect) gives up after this.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-/// The service URL in `var`, or `None` after printing the skip line. Panics instead when
-/// `KEYGATE_REQUIRE_SERVICES=1`.
-pub fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            if std::env::var("KEYGATE_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("{var} not set, and KEYGATE_REQUIRE_SERVICES=1");
-            }
-            eprintln!("skipped: {var} not set");
-            None
-        }
-    }
-}
 
 /// A short unique suffix for schema, channel, role and user names.
 pub fn suffix() -> String {

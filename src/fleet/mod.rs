@@ -69,7 +69,8 @@ pub use self::redis::{
 };
 pub use driver::Backoff;
 
-/// The channel feeds listen on, and the store's trigger notifies, unless told otherwise.
+/// The channel feeds listen on unless told otherwise: the one `PostgresKeyStore`'s trigger
+/// notifies (`keygate::store::REVOCATION_CHANNEL` is this constant).
 pub const DEFAULT_CHANNEL: &str = "keygate_revocations";
 
 /// Default time between health checks of an idle listening connection.

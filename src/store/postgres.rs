@@ -46,7 +46,7 @@ use crate::verify::{
 /// id, nothing else, sent when the revoking (or expiry-changing, or deleting) transaction
 /// commits.
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub const REVOCATION_CHANNEL: &str = "keygate_revocations";
+pub const REVOCATION_CHANNEL: &str = crate::fleet::DEFAULT_CHANNEL;
 
 type Row = KeyRow<Uuid>;
 

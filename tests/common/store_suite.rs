@@ -16,23 +16,26 @@ use keygate::verify::{InvalidReason, KeyVerifier, Owner, Verdict};
 use keygate::CachedVerifier;
 use uuid::Uuid;
 
-// ---------------------------------------------------------------------------------------------
-// Setup
-// ---------------------------------------------------------------------------------------------
+// ---- Setup ---------------------------------------------------------------------------------
 
-/// `DATABASE_URL`, or `None` after printing why the test is skipped (a panic instead when
-/// `KEYGATE_REQUIRE_SERVICES=1`, as in CI).
-pub fn database_url() -> Option<String> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
+/// The service URL in `var` (`DATABASE_URL`, `REDIS_URL`), or `None` after printing why the
+/// test is skipped (a panic instead when `KEYGATE_REQUIRE_SERVICES=1`, as in CI).
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
         _ => {
             if std::env::var("KEYGATE_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("DATABASE_URL not set, and KEYGATE_REQUIRE_SERVICES=1");
+                panic!("{var} not set, and KEYGATE_REQUIRE_SERVICES=1");
             }
-            eprintln!("skipped: DATABASE_URL not set");
+            eprintln!("skipped: {var} not set");
             None
         }
     }
+}
+
+/// [`service_url`] for `DATABASE_URL`.
+pub fn database_url() -> Option<String> {
+    service_url("DATABASE_URL")
 }
 
 /// A fresh schema name, unique to one test.
@@ -158,9 +161,7 @@ macro_rules! store_conformance {
     };
 }
 
-// ---------------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------------
+// ---- Helpers -------------------------------------------------------------------------------
 
 pub fn new_owner(kind: KeyKind) -> Owner {
     let id = Uuid::new_v4().to_string();
@@ -189,9 +190,7 @@ pub async fn verdict<S: KeyVerifier>(store: &S, key: &ApiKey) -> Verdict {
     store.verify(key).await.expect("verify")
 }
 
-// ---------------------------------------------------------------------------------------------
-// The cases
-// ---------------------------------------------------------------------------------------------
+// ---- The cases -----------------------------------------------------------------------------
 
 pub async fn create_shows_the_key_once<S: KeyStore + KeyVerifier>(store: &S) {
     for kind in [KeyKind::User, KeyKind::Team] {

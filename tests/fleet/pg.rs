@@ -15,7 +15,7 @@ use keygate::verify::{InvalidReason, KeyVerifier, Owner, Verdict};
 use keygate::{CachedVerifier, PostgresKeyStore};
 use uuid::Uuid;
 
-use crate::store_suite::{database_url, execute_detached, fresh_schema, PgSchema};
+use crate::common::store_suite::{database_url, execute_detached, fresh_schema, PgSchema};
 use crate::{report, suffix, until_all_refuse, warm, ROUNDS, TTL, WAIT, WITHIN};
 
 /// One test's schema, and a store over it that no cache wraps: a revocation made through it

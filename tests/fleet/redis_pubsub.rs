@@ -14,7 +14,8 @@ use keygate::store::CreatedKey;
 use keygate::{CachedVerifier, MemoryKeyStore, NewKey, Owner};
 use redis::{ConnectionInfo, IntoConnectionInfo};
 
-use crate::{report, service_url, suffix, until_all_refuse, warm, ROUNDS, TTL, WAIT, WITHIN};
+use crate::common::store_suite::service_url;
+use crate::{report, suffix, until_all_refuse, warm, ROUNDS, TTL, WAIT, WITHIN};
 
 const PROJECT: &str = "0f6c0f5e-8a0e-4c38-9d7e-3b0b8c1d2e3f";
 const SECRET: &str = "ssk_keygate_fleet_secret_server_key";
