@@ -22,6 +22,10 @@ PROJECT=7f3c2a10-5b4e-4d6a-9c8b-1e2f3a4b5c6d
 SECRET=ssk_check_endpoint_bench_secret
 if [ "$PIN" = 1 ] && [ "$(nproc)" -lt 2 ]; then PIN=0; fi
 
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "wrk not found; installing it from Debian's packages" >&2
+  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
+fi
 for tool in wrk pgbench psql; do
   command -v $tool >/dev/null 2>&1 || { echo "$tool not found" >&2; exit 1; }
 done
