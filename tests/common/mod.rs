@@ -27,3 +27,15 @@ pub mod stack_auth;
 pub mod store_suite;
 #[cfg(feature = "stack-auth")]
 pub mod upstream;
+
+/// Says that the running test skipped itself, and why, where `cargo test` shows it: straight to
+/// the process's stderr, past libtest's capture of `eprintln!` (which would hide it for a
+/// passing test).
+pub fn skip_note(reason: &str) {
+    use std::io::Write;
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("a test");
+    // Nothing to do if stderr is gone: the note is a courtesy.
+    let line = format!("skipped: {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}

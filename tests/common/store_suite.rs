@@ -27,7 +27,7 @@ pub fn service_url(var: &str) -> Option<String> {
             if std::env::var("KEYGATE_REQUIRE_SERVICES").as_deref() == Ok("1") {
                 panic!("{var} not set, and KEYGATE_REQUIRE_SERVICES=1");
             }
-            eprintln!("skipped: {var} not set");
+            super::skip_note(&format!("{var} not set"));
             None
         }
     }
