@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![cfg_attr(not(test), forbid(unsafe_code))]
+// The unit tests' log audit (tests/common/audit.rs) holds the one exception, allowed there.
+#![cfg_attr(test, deny(unsafe_code))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "axum")]
@@ -21,6 +23,12 @@ pub mod stack_auth;
 pub mod stack_protocol;
 pub mod store;
 pub mod verify;
+
+/// The log audit's capture, shared with the integration tests (see `.ci/log-audit`).
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../tests/common/audit.rs"]
+mod test_audit;
 
 pub use cache::{CacheStats, CachedVerifier};
 pub use extract::KeyExtractor;

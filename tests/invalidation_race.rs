@@ -13,6 +13,9 @@
 //! entry, memoise it under the new epoch and answer valid for up to the positive TTL. The work
 //! is bounded by counts ([`ROUNDS`] per entry point), not by time.
 
+// For the log audit, installed in every test binary (tests/common/audit.rs).
+mod common;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};

@@ -1,6 +1,11 @@
 //! No key in plain text outside the request: not in logs (at TRACE), not in response bodies or
 //! headers, not in any `Debug`/`Display` output. Driven over real loopback HTTP (axum::serve on
 //! 127.0.0.1, a raw HTTP/1.1 client), so that whatever hyper and axum log is captured as well.
+//!
+//! These tests check named paths. The whole suite is checked too: `.ci/log-audit` (run by
+//! `.ci/run`) runs every test with every crate's log lines at TRACE captured to files
+//! (tests/common/audit.rs, teed by `LogCapture`) and fails if a line holds a full key, the
+//! `574ck4u7h` marker, or a 45-character secret.
 
 mod common;
 

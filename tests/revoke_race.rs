@@ -12,6 +12,9 @@
 //! nothing else going on) and a churned one (one reader keeps invalidating the key, so lookups
 //! are in flight while the revocation lands). The work is bounded by counts, not by time.
 
+// For the log audit, installed in every test binary (tests/common/audit.rs).
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread;

@@ -397,6 +397,7 @@ fn truncate(s: &str, max: usize) -> &str {
 mod tests {
     use std::io;
 
+    use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
     use super::*;
@@ -447,6 +448,7 @@ mod tests {
             .with_ansi(false)
             .without_time()
             .finish()
+            .with(crate::test_audit::layer())
             .set_default();
         let verifier = verifier();
         let shared = &verifier.shared;

@@ -4,6 +4,7 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::subscriber::DefaultGuard;
+use tracing_subscriber::layer::SubscriberExt;
 
 /// An in-memory writer for `tracing_subscriber::fmt`, installed as this thread's default
 /// subscriber for as long as it lives. Under `#[tokio::test]` (a current-thread runtime) every
@@ -40,7 +41,10 @@ impl LogCapture {
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
             .without_time()
-            .finish();
+            .finish()
+            // Hiding the global subscriber on this thread must not hide these events from the
+            // log audit.
+            .with(super::audit::layer());
         Self {
             buf,
             _guard: tracing::subscriber::set_default(subscriber),

@@ -1,6 +1,6 @@
 //! The one test harness shared by every integration test binary: a counting verifier, one
 //! request/response helper with the error-table assertions, router builders, the user/team
-//! kinds table, key minting, log capture, and (with their features) the scripted loopback
+//! kinds table, key minting, log capture (and the log audit's, installed in every binary), and (with their features) the scripted loopback
 //! upstream, the Stack Auth and key-server helpers, the store conformance suite, and the key
 //! server over every store.
 
@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod audit;
 pub mod http;
 pub mod keys;
 pub mod kinds;

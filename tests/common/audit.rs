@@ -1,0 +1,94 @@
+//! The log audit's capture. With `KEYGATE_LOG_AUDIT_DIR` set, every `tracing` event and `log`
+//! record of the process, at TRACE, from every crate (keygate and its dependencies), is appended
+//! as plain text (span fields included, span openings and closings too) to
+//! `<dir>/<test binary>.<pid>.log`; `.ci/log-audit` then scans those files for keys. Unset,
+//! nothing is installed and nothing is written.
+//!
+//! The global subscriber is installed before `main` (an `.init_array` / `__mod_init_func` entry,
+//! the mechanism of the `ctor` crate, written out), so it covers every test of the binary, not
+//! only the ones that call a helper. A test that installs a scoped subscriber hides the global
+//! one on its thread: it adds [`layer`] to it (as `LogCapture` does), and so tees into the file.
+//! The lib's unit tests include this file too (`#[path]` in src/lib.rs).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use tracing::Subscriber;
+use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+/// The variable naming the directory the audit writes to.
+pub const DIR_VAR: &str = "KEYGATE_LOG_AUDIT_DIR";
+
+/// A line the scan fails on: the capture could not be set up as it should.
+const BROKEN: &str = "KEYGATE-LOG-AUDIT-BROKEN";
+
+/// This process's audit file, opened on first use; `None` when the audit is off.
+fn file() -> Option<Arc<File>> {
+    static FILE: OnceLock<Option<Arc<File>>> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = std::env::var_os(DIR_VAR)?;
+        let exe = std::env::current_exe().ok();
+        let name = exe
+            .as_deref()
+            .and_then(Path::file_name)
+            .map_or_else(|| "unknown".into(), |n| n.to_string_lossy());
+        let path = Path::new(&dir).join(format!("{name}.{}.log", std::process::id()));
+        match OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(file) => Some(Arc::new(file)),
+            Err(error) => {
+                // The scan fails on the binary's missing file.
+                eprintln!("{BROKEN}: cannot open {}: {error}", path.display());
+                None
+            }
+        }
+    })
+    .clone()
+}
+
+/// The layer writing every event to the audit file; `None` (a no-op layer) when the audit is
+/// off. Add it to any subscriber a test installs itself.
+pub fn layer<S>() -> Option<impl Layer<S>>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let file = file()?;
+    Some(
+        tracing_subscriber::fmt::layer()
+            .with_writer(file)
+            .with_ansi(false)
+            .with_thread_names(true)
+            .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE),
+    )
+}
+
+/// Installs the global subscriber (TRACE, every target, `log` records bridged) when the audit
+/// is on. Runs once, before `main`.
+fn install() {
+    let Some(layer) = layer() else { return };
+    if let Err(error) = tracing_subscriber::registry().with(layer).try_init() {
+        if let Some(mut file) = file().as_deref() {
+            // Best effort: the scan also fails when a binary's file is missing.
+            let _ = writeln!(file, "{BROKEN}: no global subscriber: {error}");
+        }
+    }
+}
+
+#[used]
+#[allow(unsafe_code)] // A static in a link section: the one way to run before every test.
+#[cfg_attr(
+    any(target_os = "linux", target_os = "android", target_os = "freebsd"),
+    link_section = ".init_array"
+)]
+#[cfg_attr(target_vendor = "apple", link_section = "__DATA,__mod_init_func")]
+static INSTALL_AT_START: extern "C" fn() = {
+    extern "C" fn install_at_start() {
+        install();
+    }
+    install_at_start
+};
