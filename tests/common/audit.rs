@@ -4,8 +4,8 @@
 //! `<dir>/<test binary>.<pid>.log`; `.ci/log-audit` then scans those files for keys. Unset,
 //! nothing is installed and nothing is written.
 //!
-//! The global subscriber is installed before `main` (an `.init_array` / `__mod_init_func` entry,
-//! the mechanism of the `ctor` crate, written out), so it covers every test of the binary, not
+//! The global subscriber is installed before `main` (the `ctor` crate's `.init_array` /
+//! `__mod_init_func` entry), so it covers every test of the binary, not
 //! only the ones that call a helper. A test that installs a scoped subscriber hides the global
 //! one on its thread: it adds [`layer`] to it (as `LogCapture` does), and so tees into the file.
 //! The lib's unit tests include this file too (`#[path]` in src/lib.rs).
@@ -79,16 +79,9 @@ fn install() {
     }
 }
 
-#[used]
-#[allow(unsafe_code)] // A static in a link section: the one way to run before every test.
-#[cfg_attr(
-    any(target_os = "linux", target_os = "android", target_os = "freebsd"),
-    link_section = ".init_array"
-)]
-#[cfg_attr(target_vendor = "apple", link_section = "__DATA,__mod_init_func")]
-static INSTALL_AT_START: extern "C" fn() = {
-    extern "C" fn install_at_start() {
-        install();
-    }
-    install_at_start
-};
+// `unsafe` is ctor's acknowledgement that this runs before `main`, so it must not rely on
+// anything `main` sets up: `install` only reads a variable, opens a file and sets the subscriber.
+#[ctor::ctor(unsafe)]
+fn install_at_start() {
+    install();
+}
