@@ -181,7 +181,7 @@ impl ClientIp {
         }
     }
 
-    fn from_header<T>(&self, req: &Request<T>) -> Option<IpAddr> {
+    fn forwarded<T>(&self, req: &Request<T>) -> Option<IpAddr> {
         let header = self.header.as_ref()?;
         let value = req.headers().get_all(header).iter().next_back()?;
         let last = value.to_str().ok()?.rsplit(',').next()?.trim();
@@ -200,7 +200,7 @@ impl GovernorKeyExtractor for ClientIp {
 
     fn extract<T>(&self, req: &Request<T>) -> Result<IpAddr, GovernorError> {
         let extensions = req.extensions();
-        self.from_header(req)
+        self.forwarded(req)
             .or_else(|| {
                 extensions
                     .get::<axum::extract::ConnectInfo<SocketAddr>>()
