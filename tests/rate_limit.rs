@@ -322,3 +322,27 @@ async fn behind_a_proxy_the_client_is_the_last_forwarded_address() {
     .assert_rejected(&INVALID, "another client behind the same proxy");
     assert_eq!(verifier.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_handlers_own_400_is_not_a_refusal() {
+    let verifier = CountingVerifier::new();
+    let key = verifier
+        .create(Owner::user("alice"), NewKey::new("one"))
+        .await;
+    let app = axum::Router::new()
+        .route(
+            "/bad",
+            axum::routing::get(|| async { axum::http::StatusCode::BAD_REQUEST }),
+        )
+        .layer(RequireApiKey::new(verifier.clone()))
+        .layer(RefusalLimitLayer::new(quota(1, PERIOD)));
+    for _ in 0..3 {
+        let reply = send_from(&app, CLIENT, "/bad", &[bearer(&secret(&key))]).await;
+        assert_eq!(
+            reply.status, 400,
+            "the handler answered: {:?}",
+            reply.headers
+        );
+    }
+    assert_eq!(verifier.calls(), 3, "each one verified, none throttled");
+}

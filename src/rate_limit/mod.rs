@@ -8,8 +8,8 @@
 //!   `.layer(governor)` first, then `.layer(require_api_key)`). Refused requests never reach it
 //!   and cost no quota.
 //! - [`RefusalLimitLayer`]: throttles a client (by [`ClientIp`]) that keeps sending refused keys
-//!   (OWASP brute force). It runs *outside* `RequireApiKey`, charges only the refusals (401 and
-//!   400), and once a client's bucket is empty answers 429 before any verification, whatever
+//!   (OWASP brute force). It runs *outside* `RequireApiKey`, charges only the refusals (401, and
+//!   400 with a `WWW-Authenticate` challenge), and once a client's bucket is empty answers 429 before any verification, whatever
 //!   key the request carries.
 //! - [`error_response`]: 429s (and the other [`GovernorError`]s) as keygate's JSON bodies, for
 //!   [`GovernorLayer::error_handler`](tower_governor::GovernorLayer::error_handler).

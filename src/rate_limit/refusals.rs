@@ -11,7 +11,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{NotUntil, Quota, RateLimiter};
-use http::header::RETRY_AFTER;
+use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_governor::key_extractor::KeyExtractor as GovernorKeyExtractor;
@@ -92,8 +92,9 @@ where
 /// Put it *outside* [`RequireApiKey`](crate::RequireApiKey) (in axum, `.layer(require)` first,
 /// then `.layer(refusals)`). Each client ([`ClientIp::peer`] by default, or any
 /// [`tower_governor`] key extractor) has a bucket of `quota.burst_size()` refusals, refilled at
-/// the quota's rate. Only refusals are charged: responses 401 (missing or invalid key) and 400
-/// (malformed credentials). Once a client's bucket is empty, every request from it, **with a
+/// the quota's rate. Only refusals are charged: any 401 (missing or invalid key) and a 400 that
+/// carries a `WWW-Authenticate` challenge (malformed credentials: keygate's `invalid_request`;
+/// keep one if you replace the responder), not a handler's own 400. Once a client's bucket is empty, every request from it, **with a
 /// valid key or not**, is answered 429 before any verification, until a refusal is allowed
 /// again (so a stolen valid key found by guessing cannot be used from the guessing address
 /// either). The first request after that is charged up front, whatever its outcome.
@@ -242,6 +243,16 @@ where
     }
 }
 
+/// A refusal to charge: any 401, and a 400 with a `WWW-Authenticate` challenge (keygate's
+/// `invalid_request`), not a handler's own 400 about the request's content.
+fn is_refusal<B>(response: &Response<B>) -> bool {
+    match response.status() {
+        StatusCode::UNAUTHORIZED => true,
+        StatusCode::BAD_REQUEST => response.headers().contains_key(WWW_AUTHENTICATE),
+        _ => false,
+    }
+}
+
 pin_project! {
     /// The response future of [`RefusalLimit`].
     pub struct RefusalLimitResponseFuture<F, B, K>
@@ -275,10 +286,7 @@ where
             Poll::Pending => return Poll::Pending,
             Poll::Ready(result) => result?,
         };
-        let refused = matches!(
-            response.status(),
-            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST
-        );
+        let refused = is_refusal(&response);
         if let Some((shared, key)) = this.charge.take() {
             if refused {
                 shared.charge(key);
