@@ -55,7 +55,16 @@ where
         match self.limiter.check_key(&key) {
             Ok(state) if state.remaining_burst_capacity() > 0 => {}
             // Empty now (or already, if refusals raced): the next request pays up front.
-            _ => self.throttled.insert(key, ()),
+            _ => {
+                if !self.throttled.contains_key(&key) {
+                    let client = key.as_ref().and_then(|k| self.extractor.key_name(k));
+                    tracing::info!(
+                        client = client.as_deref().unwrap_or("unidentified"),
+                        "too many refused API keys: client throttled"
+                    );
+                }
+                self.throttled.insert(key, ());
+            }
         }
     }
 
