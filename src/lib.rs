@@ -14,6 +14,8 @@ pub mod fleet;
 pub mod key;
 pub mod layer;
 pub mod principal;
+#[cfg(feature = "governor")]
+pub mod rate_limit;
 pub mod reject;
 #[cfg(feature = "server")]
 pub mod server;

@@ -212,7 +212,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// `wait` as a `Retry-After` value: whole seconds, rounded up (a client that waits exactly this
 /// long must not come back too early), at least 1, at most [`MAX_RETRY_AFTER`].
-fn retry_after_header(wait: Duration) -> HeaderValue {
+pub(crate) fn retry_after_header(wait: Duration) -> HeaderValue {
     let wait = wait.min(MAX_RETRY_AFTER);
     let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
     HeaderValue::from(secs)

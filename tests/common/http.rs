@@ -203,6 +203,42 @@ impl Reply {
         secs
     }
 
+    /// 429 `RATE_LIMITED` from a bucket of `limit`: `x-ratelimit-limit`, `x-ratelimit-remaining:
+    /// 0`, `x-ratelimit-after`, and a numeric `Retry-After` of 1 to `max_wait` seconds, no
+    /// smaller than `x-ratelimit-after`. Returns the `Retry-After` seconds.
+    #[track_caller]
+    pub fn assert_rate_limited(&self, limit: u32, max_wait: u64, ctx: &str) -> u64 {
+        assert_eq!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{ctx}: {:?}",
+            self.text()
+        );
+        self.assert_refusal_body("RATE_LIMITED", ctx);
+        let number = |name: &str| {
+            self.header(name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{ctx}: no numeric {name} in {:?}", self.headers))
+        };
+        assert_eq!(number("x-ratelimit-limit"), u64::from(limit), "{ctx}");
+        assert_eq!(number("x-ratelimit-remaining"), 0, "{ctx}");
+        let secs = number("retry-after");
+        assert!((1..=max_wait).contains(&secs), "{ctx}: Retry-After {secs}");
+        assert!(
+            number("x-ratelimit-after") <= secs,
+            "{ctx}: x-ratelimit-after"
+        );
+        secs
+    }
+
+    /// `x-ratelimit-remaining` on a response let through a limit.
+    #[track_caller]
+    pub fn remaining(&self, ctx: &str) -> u64 {
+        self.header("x-ratelimit-remaining")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{ctx}: no x-ratelimit-remaining in {:?}", self.headers))
+    }
+
     /// `content-type`, `cache-control` and a body of exactly `code` and a human `error`.
     #[track_caller]
     fn assert_refusal_body(&self, code: &str, ctx: &str) {

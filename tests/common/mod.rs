@@ -1,7 +1,8 @@
 //! The one test harness shared by every integration test binary: a counting verifier, one
 //! request/response helper with the error-table assertions, router builders, the user/team
-//! kinds table, key minting, log capture (and the log audit's, installed in every binary), and (with their features) the scripted loopback
-//! upstream, the Stack Auth and key-server helpers, the store conformance suite, and the key
+//! kinds table, key minting, log capture (and the log audit's, installed in every binary), and
+//! (with their features) the rate-limited routers, the scripted loopback upstream, the Stack
+//! Auth and key-server helpers, the store conformance suite, and the key
 //! server over every store.
 
 // Each test binary uses a different subset of the harness.
@@ -13,6 +14,8 @@ pub mod http;
 pub mod keys;
 pub mod kinds;
 pub mod logs;
+#[cfg(feature = "governor")]
+pub mod rate_limit;
 pub mod rng;
 pub mod verifier;
 
