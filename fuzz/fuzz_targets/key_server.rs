@@ -50,7 +50,7 @@ enum Access {
     Server,
     WrongSecret,
     WrongProject,
-    AccessType(String),
+    OtherType(String),
     Nothing,
 }
 
@@ -144,7 +144,7 @@ async fn run(input: Input) {
         Access::Server => ("server", PROJECT, SECRET),
         Access::WrongSecret => ("server", PROJECT, "ssk_fuzz_secret_server_kez"),
         Access::WrongProject => ("server", "other", SECRET),
-        Access::AccessType(a) => (a.as_str(), PROJECT, SECRET),
+        Access::OtherType(a) => (a.as_str(), PROJECT, SECRET),
         Access::Nothing => ("", "", ""),
     };
     let authorised = matches!(input.access, Access::Server);
