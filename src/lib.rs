@@ -9,6 +9,11 @@
 pub mod axum;
 pub mod cache;
 pub mod extract;
+// Fuzz-target entry points to crate-private functions; see the module's comment.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "fuzz_api.rs"]
+pub mod __fuzz;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 pub mod fleet;
 pub mod key;

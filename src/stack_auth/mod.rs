@@ -27,7 +27,7 @@
 
 mod breaker;
 mod builder;
-mod classify;
+pub(crate) mod classify;
 mod client;
 mod verifier;
 
