@@ -11,6 +11,10 @@ pub mod extract;
 pub mod fleet;
 pub mod key;
 pub mod layer;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 pub mod principal;
 pub mod reject;
 #[cfg(feature = "server")]

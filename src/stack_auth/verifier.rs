@@ -10,6 +10,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue};
 use rand::TryRngCore;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::breaker::{Admission, Breaker, ProbeId};
 use super::classify::{classify, Classified, MAX_RETRY_AFTER};
@@ -90,7 +91,8 @@ impl StackAuthVerifier {
         let route = |kind: KeyKind, path: &str| Route {
             kind,
             url: builder.config.url(path),
-            breaker: Breaker::new(builder.breaker_threshold, builder.breaker_cooldown),
+            breaker: Breaker::new(builder.breaker_threshold, builder.breaker_cooldown)
+                .with_route(kind),
         };
         Ok(StackAuthVerifier {
             shared: Arc::new(Shared {
@@ -191,7 +193,13 @@ impl KeyVerifier for StackAuthVerifier {
             breaker: &route.breaker,
             probe,
         };
-        let result = shared.check(&route.url, key).await;
+        let span = tracing::debug_span!(
+            "keygate.stack_auth.check",
+            route = route.kind.as_str(),
+            status = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        let result = shared.check(&route.url, key).instrument(span).await;
         guard.probe = None;
         match &result {
             // A misconfiguration is an answer, not an outage: see `circuit_breaker`.
@@ -236,6 +244,7 @@ impl Shared {
         .map_err(|e| VerifyError::new(VerifyErrorKind::Upstream, e.to_string()))?;
         let mut retries = 0;
         loop {
+            tracing::Span::current().record("attempts", retries + 1);
             let remaining = deadline.map_or(Duration::MAX, |at| {
                 at.saturating_duration_since(Instant::now())
             });
@@ -301,6 +310,7 @@ impl Shared {
             Err(error) => return Attempt::Retry(transport(&error), None),
         };
         let status = response.status();
+        tracing::Span::current().record("status", status.as_u16());
         let headers = std::mem::take(response.headers_mut());
         let mut body = Vec::new();
         loop {
