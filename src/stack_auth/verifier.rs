@@ -1,7 +1,7 @@
 //! [`StackAuthVerifier`]: checks keys through Stack Auth's check endpoints.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -242,9 +242,34 @@ impl Shared {
         })
         .map(Bytes::from)
         .map_err(|e| VerifyError::new(VerifyErrorKind::Upstream, e.to_string()))?;
+        // For the span: attempts made, and the last HTTP status answered.
+        let (mut attempts, status) = (0u32, AtomicU16::new(0));
+        let result = self
+            .retried(url, &body, key, deadline, &mut attempts, &status)
+            .await;
+        let span = tracing::Span::current();
+        span.record("attempts", attempts);
+        match status.load(Ordering::Relaxed) {
+            0 => {}
+            status => {
+                span.record("status", status);
+            }
+        }
+        result
+    }
+
+    /// [`check`](Self::check)'s attempts, retried within `deadline`.
+    async fn retried(
+        &self,
+        url: &str,
+        body: &Bytes,
+        key: &ApiKey,
+        deadline: Option<Instant>,
+        attempts: &mut u32,
+        status: &AtomicU16,
+    ) -> Result<Verdict, VerifyError> {
         let mut retries = 0;
         loop {
-            tracing::Span::current().record("attempts", retries + 1);
             let remaining = deadline.map_or(Duration::MAX, |at| {
                 at.saturating_duration_since(Instant::now())
             });
@@ -252,9 +277,10 @@ impl Shared {
             let outcome = if per_attempt.is_zero() {
                 Attempt::Done(Err(timeout(self.deadline)))
             } else {
+                *attempts += 1;
                 // `timeout` and `sleep` saturate durations too long for the clock.
-                match tokio::time::timeout(per_attempt, self.attempt(url, body.clone(), key)).await
-                {
+                let attempt = self.attempt(url, body.clone(), key, status);
+                match tokio::time::timeout(per_attempt, attempt).await {
                     Ok(outcome) => outcome,
                     Err(_) => Attempt::Retry(timeout(per_attempt), None),
                 }
@@ -296,7 +322,7 @@ impl Shared {
         half.saturating_add(jitter)
     }
 
-    async fn attempt(&self, url: &str, body: Bytes, key: &ApiKey) -> Attempt {
+    async fn attempt(&self, url: &str, body: Bytes, key: &ApiKey, last: &AtomicU16) -> Attempt {
         let sent = self
             .client
             .post(url)
@@ -310,7 +336,7 @@ impl Shared {
             Err(error) => return Attempt::Retry(transport(&error), None),
         };
         let status = response.status();
-        tracing::Span::current().record("status", status.as_u16());
+        last.store(status.as_u16(), Ordering::Relaxed);
         let headers = std::mem::take(response.headers_mut());
         let mut body = Vec::new();
         loop {
