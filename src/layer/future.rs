@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::VerifyFuture;
 
 pin_project! {
-    /// The response future of [`RequireApiKeyService`].
+    /// The response future of [`RequireApiKeyService`](super::RequireApiKeyService).
     ///
     /// No allocation on a cache hit or a refusal; only a verifier call that cannot be answered
     /// at once is boxed.
