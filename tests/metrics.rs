@@ -139,3 +139,40 @@ fn every_outcome_moves_its_counters_exactly_and_names_no_key_id_or_owner() {
         assert!(!line.contains(&user[..20]), "{line:?} holds part of a key");
     }
 }
+
+#[cfg(feature = "stack-auth")]
+#[test]
+fn the_breaker_gauge_shows_the_failing_route_open_and_the_other_closed() {
+    use common::stack_auth::{verifier, Fixture, Gate};
+    use common::upstream::{reply, Upstream};
+    use std::time::Duration;
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let fixture = Fixture::new();
+    recorded(&recorder, || async {
+        let upstream = Upstream::start(reply(503, &[], "down")).await;
+        let builder = verifier(upstream.base_url())
+            .max_retries(0)
+            .circuit_breaker(1, Duration::from_secs(60));
+        let gate = Gate::new(builder, &fixture.key);
+        // The first check fails and opens the user route's circuit; the second meets it open.
+        assert_eq!(gate.send().await.status.as_u16(), 503, "upstream 503");
+        assert_eq!(gate.send().await.status.as_u16(), 503, "circuit open");
+        assert_eq!(upstream.calls(), 1, "the open circuit made no call");
+    });
+    let rendered = handle.render();
+    let got = samples(&rendered);
+    for (series, want) in [
+        ("keygate_stack_auth_breaker_state{route=\"user\"}", 1.0),
+        ("keygate_stack_auth_breaker_state{route=\"team\"}", 0.0),
+        ("keygate_verifier_errors_total{kind=\"upstream\"}", 1.0),
+        ("keygate_verifier_errors_total{kind=\"circuit_open\"}", 1.0),
+        (
+            "keygate_requests_total{outcome=\"unavailable\",kind=\"user\"}",
+            2.0,
+        ),
+    ] {
+        assert_eq!(got.get(series), Some(&want), "{series} in:\n{rendered}");
+    }
+}
