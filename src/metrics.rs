@@ -45,6 +45,7 @@
 use std::cell::Cell;
 
 use tracing::field::{display, Empty};
+use tracing::level_filters::LevelFilter;
 use tracing::Span;
 
 use crate::key::{KeyKind, KeyParts};
@@ -108,13 +109,20 @@ impl Trace {
     /// Opens the span, as a child of the current one.
     #[inline]
     pub(crate) fn start() -> Self {
-        Self {
-            span: tracing::debug_span!(
+        // Below DEBUG everywhere (or no subscriber at all): `Span::none()`, which, unlike the
+        // macro's disabled span, costs nothing to enter and drop when `tracing` forwards to `log`.
+        let span = if tracing::Level::DEBUG <= LevelFilter::current() {
+            tracing::debug_span!(
                 "keygate.verify",
                 outcome = Empty,
                 key_id = Empty,
                 kind = Empty
-            ),
+            )
+        } else {
+            Span::none()
+        };
+        Self {
+            span,
             kind: Cell::new(None),
         }
     }
