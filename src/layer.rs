@@ -41,18 +41,23 @@
 //!     .layer(RequireApiKey::new(CachedVerifier::new(store)).users_only());
 //! ```
 
+mod future;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
+
+pub use future::ResponseFuture;
 
 use crate::extract::{Found, KeyExtractor};
 use crate::key::{parse, parse_structure, ApiKey, FormatError, KeyDigest, KeyKind, KeyParts};
+use crate::metrics::{Outcome, Trace};
 use crate::principal::Principal;
 use crate::reject::{DefaultResponder, Rejection, RejectionResponder};
 use crate::verify::{InvalidReason, KeyVerifier, Verdict, VerifyError};
@@ -310,9 +315,9 @@ enum Lookup {
 
 impl<V: KeyVerifier, R> Guard<V, R> {
     /// Everything up to (and, when it can answer at once, including) the verifier.
-    fn check_now<B>(&self, request: &mut Request<B>) -> Step {
+    fn check_now<B>(&self, request: &mut Request<B>, trace: &Trace) -> Step {
         let (parts, lookup) = match self.extractor.extract(request) {
-            Ok(Some(found)) => match self.look_up(&found) {
+            Ok(Some(found)) => match self.look_up(&found, trace) {
                 Ok(looked_up) => looked_up,
                 Err(rejection) => return Step::Reject(rejection),
             },
@@ -354,9 +359,10 @@ impl<V: KeyVerifier, R> Guard<V, R> {
     }
 
     /// The checks the key allows by itself, cheapest first, then the cache and the verifier.
-    fn look_up(&self, found: &Found<'_>) -> Result<(KeyParts, Lookup), Rejection> {
+    fn look_up(&self, found: &Found<'_>, trace: &Trace) -> Result<(KeyParts, Lookup), Rejection> {
         // The structural rules: a key that breaks one costs no hashing.
         let parts = parse_structure(found.key).map_err(|error| malformed(found, error))?;
+        trace.key(&parts);
         // The route's policy, from what the key says of itself: a key of a refused kind costs no
         // hashing, no cache lookup and no verifier call, so that keys anyone can mint (the
         // checksum is public) cannot reach the verifier through a route that refuses them.
@@ -484,110 +490,40 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        match self.guard.check_now(&mut request) {
-            Step::Pass => ResponseFuture {
-                state: State::Inner {
-                    future: self.inner.call(request),
-                },
-            },
-            Step::Reject(rejection) => ResponseFuture {
-                state: State::Done {
-                    response: Some(self.guard.responder.respond(&rejection)),
-                },
-            },
+        let trace = Trace::start();
+        let step = {
+            let _entered = trace.span().enter();
+            self.guard.check_now(&mut request, &trace)
+        };
+        match step {
+            Step::Pass => {
+                trace.pass();
+                ResponseFuture::inner(self.inner.call(request))
+            }
+            Step::Reject(rejection) => {
+                trace.finish(Outcome::of(&rejection));
+                ResponseFuture::done(self.guard.responder.respond(&rejection))
+            }
             Step::Verify(key) => {
                 // The ready service goes with the request; a fresh clone stays here.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let guard = Arc::clone(&self.guard);
-                let verify: VerifyFuture<Response<ResB>> = Box::pin(async move {
-                    let result = guard.verifier.verify(&key).await;
-                    guard
-                        .decide(key.parts(), result)
-                        .map_err(|rejection| guard.responder.respond(&rejection))
-                });
-                ResponseFuture {
-                    state: State::Verify {
-                        verify,
-                        pending: Some(Box::new((request, inner))),
-                    },
-                }
-            }
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`RequireApiKeyService`].
-    ///
-    /// No allocation on a cache hit or a refusal; only a verifier call that cannot be answered
-    /// at once is boxed.
-    pub struct ResponseFuture<S, ReqB>
-    where
-        S: Service<Request<ReqB>>,
-    {
-        #[pin]
-        state: State<S, ReqB>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S, ReqB>
-    where
-        S: Service<Request<ReqB>>,
-    {
-        Verify {
-            verify: VerifyFuture<S::Response>,
-            // Boxed: the slow path allocates anyway, and the future every request carries stays
-            // the size of the inner service's future.
-            pending: Option<Box<(Request<ReqB>, S)>>,
-        },
-        Inner {
-            #[pin]
-            future: S::Future,
-        },
-        Done {
-            response: Option<S::Response>,
-        },
-    }
-}
-
-impl<S, ReqB> Future for ResponseFuture<S, ReqB>
-where
-    S: Service<Request<ReqB>>,
-{
-    type Output = Result<S::Response, S::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                StateProj::Verify { verify, pending } => {
-                    let decision = ready!(verify.as_mut().poll(cx));
-                    let Some(pending) = pending.take() else {
-                        // Only reachable if polled again after a panic in this branch.
-                        return Poll::Pending;
-                    };
-                    let (mut request, mut inner) = *pending;
-                    match decision {
-                        Ok(principal) => {
-                            principal.insert_into(request.extensions_mut());
-                            let future = inner.call(request);
-                            state.set(State::Inner { future });
-                        }
-                        Err(response) => state.set(State::Done {
-                            response: Some(response),
-                        }),
+                let span = trace.span().clone();
+                let verify: VerifyFuture<Response<ResB>> = Box::pin(
+                    async move {
+                        let result = guard.verifier.verify(&key).await;
+                        let decision = guard.decide(key.parts(), result);
+                        trace.finish(
+                            decision
+                                .as_ref()
+                                .map_or_else(Outcome::of, |_| Outcome::Pass),
+                        );
+                        decision.map_err(|rejection| guard.responder.respond(&rejection))
                     }
-                }
-                StateProj::Inner { future } => return future.poll(cx),
-                StateProj::Done { response } => {
-                    return match response.take() {
-                        Some(response) => Poll::Ready(Ok(response)),
-                        None => Poll::Pending,
-                    };
-                }
+                    .instrument(span),
+                );
+                ResponseFuture::verify(verify, request, inner)
             }
         }
     }

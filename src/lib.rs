@@ -18,6 +18,10 @@ pub mod __fuzz;
 pub mod fleet;
 pub mod key;
 pub mod layer;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 pub mod principal;
 #[cfg(feature = "governor")]
 pub mod rate_limit;

@@ -176,6 +176,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         let epoch = tiers.bars.epoch();
         if let Some(info) = memo::get(shared.id, digest, epoch) {
             shared.counters.hits.add_one();
+            crate::metrics::cache_hit();
             return Some(Verdict::Valid(info));
         }
         if let Some(entry) = tiers.valid.get(digest) {
@@ -183,6 +184,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                 let info = entry.private_info(key_id);
                 memo::put(shared.id, digest, epoch, Arc::clone(&info), entry.until);
                 shared.counters.hits.add_one();
+                crate::metrics::cache_hit();
                 return Some(Verdict::Valid(info));
             }
             // Dead: barred or expired. (A fresher entry put meanwhile goes too: one more miss.)
@@ -191,6 +193,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         if let Some(entry) = tiers.invalid.get(digest) {
             if tiers.bars.admits(entry.born, key_id, false) {
                 Counters::bump(&shared.counters.negative_hits);
+                crate::metrics::cache_negative_hit();
                 return Some(Verdict::Invalid(entry.reason));
             }
             tiers.invalid.invalidate(digest);
@@ -277,7 +280,9 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             return Ok(verdict);
         }
         Counters::bump(&self.shared.counters.verifier_calls);
+        let call = crate::metrics::VerifierCall::start();
         let result = self.shared.verifier.verify(key).await;
+        call.end(result.as_ref().err().map(VerifyError::kind));
         self.remember(key, epoch, until, &result);
         result
     }
@@ -289,6 +294,7 @@ impl<V: KeyVerifier> KeyVerifier for CachedVerifier<V> {
             return Ok(verdict);
         }
         Counters::bump(&self.shared.counters.misses);
+        crate::metrics::cache_miss();
         let epoch = self.shared.tiers.bars.epoch();
         self.shared
             .flights
@@ -312,6 +318,7 @@ impl<V: KeyVerifier> KeyVerifier for CachedVerifier<V> {
         let shared = &*self.shared;
         let info = memo::get(shared.id, digest, shared.tiers.bars.epoch())?;
         shared.counters.hits.add_one();
+        crate::metrics::cache_hit();
         Some(Verdict::Valid(info))
     }
 

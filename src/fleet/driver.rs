@@ -240,6 +240,7 @@ fn deliver(
     match parse_payload(payload) {
         Some(key_id) => {
             target.key_revoked(key_id);
+            crate::metrics::fleet_payload(name, true);
             tracing::debug!(feed = name, %key_id, "revocation feed: key dropped");
             status.send_modify(|s| {
                 s.events += 1;
@@ -247,6 +248,7 @@ fn deliver(
             });
         }
         None => {
+            crate::metrics::fleet_payload(name, false);
             tracing::warn!(
                 feed = name,
                 prefix = payload_prefix(payload),

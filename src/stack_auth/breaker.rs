@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::key::KeyKind;
+
 #[derive(Debug)]
 pub(crate) struct Breaker {
     threshold: u32,
@@ -15,6 +17,8 @@ pub(crate) struct Breaker {
     state: Mutex<State>,
     /// Numbers the probes, so that only the call holding the current one can abandon it.
     next_probe: AtomicU64,
+    /// The route whose state the `keygate_stack_auth_breaker_state` gauge shows, if any.
+    route: Option<KeyKind>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +56,26 @@ impl Breaker {
             cooldown,
             state: Mutex::new(State::Closed { failures: 0 }),
             next_probe: AtomicU64::new(0),
+            route: None,
+        }
+    }
+
+    /// Shows this breaker's state in the gauge of `route` (closed, from now).
+    pub(crate) fn with_route(mut self, route: KeyKind) -> Self {
+        self.route = Some(route);
+        self.publish(&State::Closed { failures: 0 });
+        self
+    }
+
+    /// Sets the gauge to `state`: 0 closed, 1 open, 2 half-open.
+    fn publish(&self, state: &State) {
+        if let Some(route) = self.route {
+            let value = match state {
+                State::Closed { .. } => 0.0,
+                State::Open { .. } => 1.0,
+                State::Probing(_) => 2.0,
+            };
+            crate::metrics::breaker_state(route, value);
         }
     }
 
@@ -67,6 +91,7 @@ impl Breaker {
                 if now >= until {
                     let probe = ProbeId(self.next_probe.fetch_add(1, Ordering::Relaxed));
                     *state = State::Probing(probe);
+                    self.publish(&state);
                     Admission::Probe(probe)
                 } else {
                     Admission::Rejected(until - now)
@@ -78,7 +103,11 @@ impl Breaker {
 
     pub(crate) fn record_success(&self) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let was_closed = matches!(*state, State::Closed { .. });
         *state = State::Closed { failures: 0 };
+        if !was_closed {
+            self.publish(&state);
+        }
     }
 
     /// Records a failure; `true` if this failure opened the circuit.
@@ -93,6 +122,7 @@ impl Breaker {
         match *state {
             State::Closed { failures } if failures + 1 >= self.threshold => {
                 *state = open;
+                self.publish(&state);
                 true
             }
             State::Closed { failures } => {
@@ -103,6 +133,7 @@ impl Breaker {
             }
             State::Probing(_) => {
                 *state = open;
+                self.publish(&state);
                 true
             }
             State::Open { .. } => false,
@@ -117,6 +148,7 @@ impl Breaker {
             *state = State::Open {
                 until: Instant::now(),
             };
+            self.publish(&state);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! [`StackAuthVerifier`]: checks keys through Stack Auth's check endpoints.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +10,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue};
 use rand::TryRngCore;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::breaker::{Admission, Breaker, ProbeId};
 use super::classify::{classify, Classified, MAX_RETRY_AFTER};
@@ -90,7 +91,8 @@ impl StackAuthVerifier {
         let route = |kind: KeyKind, path: &str| Route {
             kind,
             url: builder.config.url(path),
-            breaker: Breaker::new(builder.breaker_threshold, builder.breaker_cooldown),
+            breaker: Breaker::new(builder.breaker_threshold, builder.breaker_cooldown)
+                .with_route(kind),
         };
         Ok(StackAuthVerifier {
             shared: Arc::new(Shared {
@@ -191,7 +193,13 @@ impl KeyVerifier for StackAuthVerifier {
             breaker: &route.breaker,
             probe,
         };
-        let result = shared.check(&route.url, key).await;
+        let span = tracing::debug_span!(
+            "keygate.stack_auth.check",
+            route = route.kind.as_str(),
+            status = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        let result = shared.check(&route.url, key).instrument(span).await;
         guard.probe = None;
         match &result {
             // A misconfiguration is an answer, not an outage: see `circuit_breaker`.
@@ -234,6 +242,32 @@ impl Shared {
         })
         .map(Bytes::from)
         .map_err(|e| VerifyError::new(VerifyErrorKind::Upstream, e.to_string()))?;
+        // For the span: attempts made, and the last HTTP status answered.
+        let (mut attempts, status) = (0u32, AtomicU16::new(0));
+        let result = self
+            .retried(url, &body, key, deadline, &mut attempts, &status)
+            .await;
+        let span = tracing::Span::current();
+        span.record("attempts", attempts);
+        match status.load(Ordering::Relaxed) {
+            0 => {}
+            status => {
+                span.record("status", status);
+            }
+        }
+        result
+    }
+
+    /// [`check`](Self::check)'s attempts, retried within `deadline`.
+    async fn retried(
+        &self,
+        url: &str,
+        body: &Bytes,
+        key: &ApiKey,
+        deadline: Option<Instant>,
+        attempts: &mut u32,
+        status: &AtomicU16,
+    ) -> Result<Verdict, VerifyError> {
         let mut retries = 0;
         loop {
             let remaining = deadline.map_or(Duration::MAX, |at| {
@@ -243,9 +277,10 @@ impl Shared {
             let outcome = if per_attempt.is_zero() {
                 Attempt::Done(Err(timeout(self.deadline)))
             } else {
+                *attempts += 1;
                 // `timeout` and `sleep` saturate durations too long for the clock.
-                match tokio::time::timeout(per_attempt, self.attempt(url, body.clone(), key)).await
-                {
+                let attempt = self.attempt(url, body.clone(), key, status);
+                match tokio::time::timeout(per_attempt, attempt).await {
                     Ok(outcome) => outcome,
                     Err(_) => Attempt::Retry(timeout(per_attempt), None),
                 }
@@ -287,7 +322,7 @@ impl Shared {
         half.saturating_add(jitter)
     }
 
-    async fn attempt(&self, url: &str, body: Bytes, key: &ApiKey) -> Attempt {
+    async fn attempt(&self, url: &str, body: Bytes, key: &ApiKey, last: &AtomicU16) -> Attempt {
         let sent = self
             .client
             .post(url)
@@ -301,6 +336,7 @@ impl Shared {
             Err(error) => return Attempt::Retry(transport(&error), None),
         };
         let status = response.status();
+        last.store(status.as_u16(), Ordering::Relaxed);
         let headers = std::mem::take(response.headers_mut());
         let mut body = Vec::new();
         loop {

@@ -4,6 +4,7 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::subscriber::DefaultGuard;
+use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt;
 
 /// An in-memory writer for `tracing_subscriber::fmt`, installed as this thread's default
@@ -34,11 +35,22 @@ impl io::Write for Writer {
 impl LogCapture {
     /// Starts capturing: no ANSI colours, no timestamps (each line starts with its level).
     pub fn start() -> Self {
+        Self::with_span_events(FmtSpan::NONE)
+    }
+
+    /// Like [`start`](Self::start), and each span's close is a line too, with the span's
+    /// fields in the order they were recorded (`… keygate.verify{outcome="pass" …}: close …`).
+    pub fn with_span_closes() -> Self {
+        Self::with_span_events(FmtSpan::CLOSE)
+    }
+
+    fn with_span_events(events: FmtSpan) -> Self {
         let buf = Writer::default();
         let writer = buf.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_max_level(tracing::Level::TRACE)
+            .with_span_events(events)
             .with_ansi(false)
             .without_time()
             .finish()
