@@ -151,7 +151,7 @@ pub async fn run() -> i32 {
         .await
         .expect("open b");
     let bound_b = |i: usize| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             Duration::ZERO
         } else {
             TTL_B + TICK
@@ -244,7 +244,7 @@ pub async fn run() -> i32 {
             let (owner, mut failed) = (Owner::user(OWNER), 0u64);
             for (i, r) in sc.revoked.iter().enumerate() {
                 tokio::time::sleep_until(revoke_at(start, dur, i, sc.revoked.len()).into()).await;
-                let res = if i % 2 == 0 {
+                let res = if i.is_multiple_of(2) {
                     let through_admin = || async {
                         admin
                             .revoke(&owner, r.id)
