@@ -16,7 +16,9 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use tracing::Subscriber;
-use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{DefaultFields, FmtSpan, Writer};
+use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -60,11 +62,28 @@ where
     let file = file()?;
     Some(
         tracing_subscriber::fmt::layer()
+            .fmt_fields(AuditFields::default())
             .with_writer(file)
             .with_ansi(false)
+            // Span timings and formatted fields live in the span's extensions, shared with any
+            // other `fmt` layer on the same subscriber (`LogCapture`'s): without timings here,
+            // and with fields of a type of its own, the audit changes nothing a test reads.
+            .without_time()
             .with_thread_names(true)
             .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE),
     )
+}
+
+/// `DefaultFields` under a type of its own: `fmt` layers cache a span's formatted fields in the
+/// span's extensions by formatter type, so two layers with the same type would write the fields
+/// twice into one entry.
+#[derive(Default)]
+struct AuditFields(DefaultFields);
+
+impl<'w> FormatFields<'w> for AuditFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
+        self.0.format_fields(writer, fields)
+    }
 }
 
 /// Installs the global subscriber (TRACE, every target, `log` records bridged) when the audit
