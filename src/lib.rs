@@ -16,6 +16,8 @@ pub mod extract;
 pub mod __fuzz;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 pub mod fleet;
+#[cfg(feature = "forward-auth")]
+pub mod forward_auth;
 pub mod key;
 pub mod layer;
 #[cfg(feature = "metrics")]

@@ -1,0 +1,1 @@
+//! Forward authentication for reverse proxies (feature `forward-auth`).
