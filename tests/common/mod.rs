@@ -21,6 +21,8 @@ pub mod verifier;
 
 #[cfg(feature = "server")]
 pub mod key_api;
+#[cfg(feature = "cli")]
+pub mod keygate_bin;
 #[cfg(all(feature = "server", feature = "sqlite"))]
 #[macro_use]
 pub mod key_stores;
