@@ -9,7 +9,9 @@
 //! 1 a negative answer (key invalid, key id unknown), 2 bad usage or configuration, 3 a failure
 //! at run time (database unreachable, listener lost).
 
+mod duration;
 mod keys;
+mod ops;
 mod serve;
 mod store;
 
