@@ -236,7 +236,9 @@ fn bad_configuration_is_one_line_and_exit_code_2() {
         "sqlite://{}",
         dir.path().join("missing-dir/keys.db").display()
     );
-    let cases: [(&str, Vec<&str>, Vec<(&str, &str)>, &str); 9] = [
+    // (what, flags, environment, a word the message must contain)
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 9] = [
         (
             "bad address",
             vec!["--listen", "localhost"],
