@@ -391,3 +391,69 @@ async fn postgres_revocations_reach_a_second_instance() {
     assert_eq!(a.stop().code(), Some(0));
     assert_eq!(b.stop().code(), Some(0));
 }
+
+/// Stack Auth mode against a slow, failing stand-in: a check in flight when SIGTERM arrives
+/// still gets its answer (503, fail closed), and the process then exits 0.
+#[tokio::test]
+async fn stack_auth_mode_fails_closed_and_finishes_requests_in_flight_on_sigterm() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let stub = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stub_url = format!("http://{}", stub.local_addr().unwrap());
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = stub.accept().await else {
+                break;
+            };
+            let seen = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let _ = seen.send(head);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let mut server = KeygateServe::spawn(
+        &["--listen", "127.0.0.1:0", "--stack-api-url", &stub_url],
+        &[
+            ("STACK_PROJECT_ID", PROJECT),
+            ("STACK_SECRET_SERVER_KEY", SECRET),
+        ],
+    );
+    // Readiness: Stack Auth answers HTTP (even a 503), so the service is ready.
+    assert_eq!(get(&server.url("/readyz"), None).await.0, StatusCode::OK);
+    while let Ok(head) = seen_rx.try_recv() {
+        assert!(head.starts_with("GET /api/v1"), "{head}");
+    }
+
+    let key = common::keys::generated(keygate::KeyKind::User, false);
+    let url = server.url("/v1/authz");
+    let secret = key.expose_secret().to_owned();
+    let in_flight = tokio::spawn(async move { get(&url, Some(&secret)).await });
+    let head = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+        .await
+        .expect("keygate asked Stack Auth")
+        .unwrap();
+    assert!(
+        head.starts_with("POST /api/v1/user-api-keys/check"),
+        "{head}"
+    );
+    let status = tokio::task::spawn_blocking(move || server.signal("TERM"))
+        .await
+        .unwrap();
+    let (answer, headers, _) = in_flight.await.expect("the request in flight was answered");
+    assert_eq!(answer, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&headers, "x-keygate-reason"), "VERIFIER_UNAVAILABLE");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(status.code(), Some(0));
+}
