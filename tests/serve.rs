@@ -360,6 +360,47 @@ fn help_names_every_flag_and_its_environment_variable() {
     );
 }
 
+/// Waits (bounded) until `server` refuses `key` with 401, after accepting it until then.
+async fn wait_until_refused(server: &KeygateServe, key: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, _) = get(&server.url("/v1/authz"), Some(key)).await;
+        if status == StatusCode::UNAUTHORIZED {
+            return;
+        }
+        assert_eq!(status, StatusCode::OK, "{what}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the revoked key is still accepted; logs:\n{}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sqlite_revocations_by_another_process_reach_the_cache_by_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let a = KeygateServe::spawn(&with_key_api(&db, &[]), &[]);
+    let b = KeygateServe::spawn(
+        &with_key_api(
+            &db,
+            &["--cache-ttl", "1h", "--revocation-poll-interval", "50ms"],
+        ),
+        &[],
+    );
+    let user = Uuid::new_v4().to_string();
+    let (id, key) = create_user_key(&a, &user).await;
+    // B caches the valid verdict for an hour…
+    assert_eq!(get(&b.url("/v1/authz"), Some(&key)).await.0, StatusCode::OK);
+    // …until A revokes the key and B's poll of the file finds it.
+    revoke_user_key(&a, &id, &user).await;
+    wait_until_refused(&b, &key, "SQLite poll").await;
+    assert_eq!(a.stop().code(), Some(0));
+    assert_eq!(b.stop().code(), Some(0));
+}
+
 #[tokio::test]
 async fn postgres_revocations_reach_a_second_instance() {
     let Some(url) = common::store_suite::database_url() else {
@@ -374,20 +415,7 @@ async fn postgres_revocations_reach_a_second_instance() {
     assert_eq!(status, StatusCode::OK);
     // …until A revokes the key and the database tells B.
     revoke_user_key(&a, &id, &user).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, _, _) = get(&b.url("/v1/authz"), Some(&key)).await;
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        assert_eq!(status, StatusCode::OK);
-        assert!(
-            Instant::now() < deadline,
-            "B still accepts the revoked key; logs:\n{}",
-            b.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_refused(&b, &key, "PostgreSQL feed").await;
     assert_eq!(a.stop().code(), Some(0));
     assert_eq!(b.stop().code(), Some(0));
 }

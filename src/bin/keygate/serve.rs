@@ -208,7 +208,6 @@ struct Config {
     listen: SocketAddr,
     admin_listen: Option<SocketAddr>,
     backend: Backend,
-    #[allow(dead_code)] // TODO(fleet): read by the SQLite revocation feed once it lands.
     poll_interval: Duration,
     key_api: Option<KeyServerConfig>,
     cache_ttl: Duration,
@@ -423,13 +422,17 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Failure> {
             }
             Store::Sqlite(store) => {
                 let cache = cached(&config, store.clone());
-                // TODO(fleet): keygate::fleet::SqliteRevocationFeed (branch `fleet`) has not
-                // landed yet; once it has, spawn it here on the cache with
-                // `config.poll_interval`, so that `keygate keys revoke` in another process
-                // reaches this cache before the TTL.
+                // Revocations by other processes on the same file (`keygate keys revoke`,
+                // another `serve`) reach this cache within about one poll interval.
+                let feed = keygate::fleet::SqliteRevocationFeed::for_pool(store.pool())
+                    .poll_interval(config.poll_interval)
+                    .spawn(&cache)
+                    .map_err(|e| {
+                        Failure::Runtime(format!("cannot start the revocation feed: {e}"))
+                    })?;
                 let readiness = Readiness::Sqlite(store.pool().clone());
                 let api = key_api(&config, store);
-                run_with(&config, cache, api, readiness, None).await
+                run_with(&config, cache, api, readiness, Some(feed)).await
             }
         },
     }
