@@ -454,6 +454,38 @@ mod limits {
     }
 
     #[tokio::test]
+    async fn per_owner_limits_share_one_bucket_between_an_owners_keys() {
+        use keygate::{KeyStore, NewKey, Owner};
+
+        let keys = Keys::new().await;
+        let second = keys
+            .store
+            .create(Owner::user("user-1"), NewKey::new("second"))
+            .await
+            .unwrap();
+        let app = ForwardAuth::new(CachedVerifier::new(keys.store.clone()))
+            .rate_limit(n(1), n(2), PrincipalKey::per_owner())
+            .router();
+        let first = bearer(&keys.user);
+        let second = bearer(&second);
+        assert_eq!(
+            get(&app, &[("authorization", &first)]).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(&app, &[("authorization", &second)]).await.status,
+            StatusCode::OK
+        );
+        let limited = get(&app, &[("authorization", &first)]).await;
+        assert_refused(&limited, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED");
+        let limited = get(&app, &[("authorization", &second)]).await;
+        assert_refused(&limited, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED");
+        // Another owner is not limited.
+        let team = get(&app, &[("authorization", &bearer(&keys.team))]).await;
+        assert_eq!(team.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
     async fn refused_keys_are_counted_per_forwarded_client_only_from_trusted_peers() {
         let keys = Keys::new().await;
         let app = ForwardAuth::new(CachedVerifier::new(keys.store.clone()))
