@@ -78,7 +78,12 @@ impl<V: KeyVerifier> ForwardAuth<V> {
     /// [`limit_status`](Self::limit_status)) with `Retry-After`, the `x-ratelimit-*` headers
     /// and reason `RATE_LIMITED`. Refused requests cost no quota; allowed preflights (no key)
     /// are not limited.
-    pub fn rate_limit(mut self, per_second: NonZeroU32, burst: NonZeroU32, by: PrincipalKey) -> Self {
+    pub fn rate_limit(
+        mut self,
+        per_second: NonZeroU32,
+        burst: NonZeroU32,
+        by: PrincipalKey,
+    ) -> Self {
         let period = Duration::from_secs(1) / per_second.get();
         let config = GovernorConfigBuilder::default()
             .period(period.max(Duration::from_nanos(1)))

@@ -19,7 +19,9 @@ impl Net {
     fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -225,15 +227,20 @@ impl Original {
         let own_method = request.method();
         let headers = request.headers();
         if trusted {
-            if let Some(found) = from_headers(headers, own_method, &X_FORWARDED_METHOD, &[
-                &X_FORWARDED_URI,
-            ]) {
+            if let Some(found) = from_headers(
+                headers,
+                own_method,
+                &X_FORWARDED_METHOD,
+                &[&X_FORWARDED_URI],
+            ) {
                 return found;
             }
-            if let Some(found) = from_headers(headers, own_method, &X_ORIGINAL_METHOD, &[
-                &X_ORIGINAL_URI,
-                &X_ORIGINAL_URL,
-            ]) {
+            if let Some(found) = from_headers(
+                headers,
+                own_method,
+                &X_ORIGINAL_METHOD,
+                &[&X_ORIGINAL_URI, &X_ORIGINAL_URL],
+            ) {
                 return found;
             }
         }
@@ -241,7 +248,11 @@ impl Original {
         let rest = path.strip_prefix(prefix).unwrap_or(path);
         Original {
             method: own_method.clone(),
-            path: if rest.is_empty() { "/".to_owned() } else { rest.to_owned() },
+            path: if rest.is_empty() {
+                "/".to_owned()
+            } else {
+                rest.to_owned()
+            },
         }
     }
 }
@@ -304,7 +315,10 @@ mod tests {
     #[test]
     fn cidr_blocks_match_their_addresses_only() {
         let t = TrustedProxies::parse("10.0.0.0/8,192.168.1.7,fd00::/8,0.0.0.0/0").unwrap();
-        assert!(t.contains("8.8.8.8".parse().unwrap()), "0.0.0.0/0 is every v4");
+        assert!(
+            t.contains("8.8.8.8".parse().unwrap()),
+            "0.0.0.0/0 is every v4"
+        );
         let t = TrustedProxies::parse("10.0.0.0/8,192.168.1.7,fd00::/8").unwrap();
         assert!(t.contains("10.255.0.1".parse().unwrap()));
         assert!(!t.contains("11.0.0.1".parse().unwrap()));
@@ -314,10 +328,19 @@ mod tests {
         assert!(!t.contains("fe80::1".parse().unwrap()));
         assert!(TrustedProxies::loopback().contains("::ffff:127.0.0.1".parse().unwrap()));
         assert!(TrustedProxies::loopback().contains("::1".parse().unwrap()));
-        for bad in ["10.0.0.0/33", "::/129", "localhost", "10.0.0/8", "1.2.3.4/-1"] {
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "localhost",
+            "10.0.0/8",
+            "1.2.3.4/-1",
+        ] {
             assert!(TrustedProxies::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(TrustedProxies::parse(" , ").unwrap(), TrustedProxies::none());
+        assert_eq!(
+            TrustedProxies::parse(" , ").unwrap(),
+            TrustedProxies::none()
+        );
     }
 
     #[test]
@@ -332,13 +355,19 @@ mod tests {
         let original = Original::read(&request, trusted.trusts(&request), "/v1/authz");
         assert_eq!(original.method, Method::OPTIONS);
         assert_eq!(original.path, "/api/y");
-        assert_eq!(trusted.client_ip(&request), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(
+            trusted.client_ip(&request),
+            Some("203.0.113.9".parse().unwrap())
+        );
 
         let request = from("198.51.100.1:5000", &headers);
         let original = Original::read(&request, trusted.trusts(&request), "/v1/authz");
         assert_eq!(original.method, Method::GET);
         assert_eq!(original.path, "/api/x");
-        assert_eq!(trusted.client_ip(&request), Some("198.51.100.1".parse().unwrap()));
+        assert_eq!(
+            trusted.client_ip(&request),
+            Some("198.51.100.1".parse().unwrap())
+        );
     }
 
     #[test]
@@ -355,7 +384,10 @@ mod tests {
         assert_eq!(original.method, Method::POST);
         assert_eq!(original.path, "/a/b");
         let trusted = TrustedProxies::loopback();
-        assert_eq!(trusted.client_ip(&request), Some("192.0.2.4".parse().unwrap()));
+        assert_eq!(
+            trusted.client_ip(&request),
+            Some("192.0.2.4".parse().unwrap())
+        );
         assert_eq!(path_of("https://example.com"), "/");
     }
 }

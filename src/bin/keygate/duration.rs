@@ -46,7 +46,15 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "30", "s", "1.5s", "-1s", "10 parsecs", "99999999999999999d"] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "1.5s",
+            "-1s",
+            "10 parsecs",
+            "99999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

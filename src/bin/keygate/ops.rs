@@ -22,7 +22,10 @@ pub(crate) enum Readiness {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
     /// Stack Auth at this base URL answers HTTP at all.
-    StackAuth { client: reqwest::Client, url: String },
+    StackAuth {
+        client: reqwest::Client,
+        url: String,
+    },
 }
 
 /// How long a readiness probe may take.
@@ -96,7 +99,11 @@ async fn ready(State(ops): State<Arc<Ops>>) -> Response {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}\n"),
+            )
+                .into_response()
         }
     }
 }

@@ -81,7 +81,12 @@ pub(crate) struct ServeArgs {
     stack_api_url: String,
 
     /// The project id the key API answers for (its x-stack-project-id header).
-    #[arg(long, env = "KEYGATE_PROJECT_ID", default_value = "keygate", value_name = "ID")]
+    #[arg(
+        long,
+        env = "KEYGATE_PROJECT_ID",
+        default_value = "keygate",
+        value_name = "ID"
+    )]
     project_id: String,
 
     /// Serve the Stack Auth-compatible key API (/api/v1/user-api-keys, /api/v1/team-api-keys)
@@ -97,7 +102,12 @@ pub(crate) struct ServeArgs {
 
     /// How long a valid key's verdict is cached (500ms, 30s, 5m, 1h, 30d). A revocation through
     /// this process, or pushed/polled from the database, takes effect at once anyway.
-    #[arg(long, env = "KEYGATE_CACHE_TTL", default_value = "60s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "KEYGATE_CACHE_TTL",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
     cache_ttl: String,
 
     /// How long an invalid key's verdict is cached.
@@ -111,7 +121,12 @@ pub(crate) struct ServeArgs {
 
     /// Which keys are accepted: any, user or team. A request header X-Keygate-Require: user|team
     /// can narrow this per request, never widen it.
-    #[arg(long, env = "KEYGATE_REQUIRE", default_value = "any", value_name = "KIND")]
+    #[arg(
+        long,
+        env = "KEYGATE_REQUIRE",
+        default_value = "any",
+        value_name = "KIND"
+    )]
     require: String,
 
     /// Accept public (pk_) keys. By default they get 403.
@@ -147,7 +162,12 @@ pub(crate) struct ServeArgs {
     rate_limit_burst: Option<String>,
 
     /// With --rate-limit: count per key, or per owner (all keys of a user or a team together).
-    #[arg(long, env = "KEYGATE_RATE_LIMIT_BY", default_value = "key", value_name = "key|owner")]
+    #[arg(
+        long,
+        env = "KEYGATE_RATE_LIMIT_BY",
+        default_value = "key",
+        value_name = "key|owner"
+    )]
     rate_limit_by: String,
 
     /// Throttle a client address after N refused keys per minute (brute force); off by
@@ -157,12 +177,22 @@ pub(crate) struct ServeArgs {
 
     /// Status of a rate-limit refusal: 429, or 403 for nginx (which turns a 429 from the auth
     /// service into a 500).
-    #[arg(long, env = "KEYGATE_LIMIT_STATUS", default_value = "429", value_name = "429|403")]
+    #[arg(
+        long,
+        env = "KEYGATE_LIMIT_STATUS",
+        default_value = "429",
+        value_name = "429|403"
+    )]
     limit_status: String,
 
     /// Log filter, RUST_LOG syntax (e.g. info, keygate=debug). Logs go to stderr and never
     /// contain a key.
-    #[arg(long, env = "KEYGATE_LOG", default_value = "info", value_name = "FILTER")]
+    #[arg(
+        long,
+        env = "KEYGATE_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
     log: String,
 }
 
@@ -227,36 +257,35 @@ impl ServeArgs {
             Some(text) => Some(address("--admin-listen", text)?),
             None => None,
         };
-        let backend = match (&self.stack_project_id, &self.stack_secret_server_key) {
-            (Some(project), Some(secret)) if !project.trim().is_empty() && !secret.trim().is_empty() => {
-                if self.secret_server_key.is_some() {
-                    return Err(config_error(
+        let backend =
+            match (&self.stack_project_id, &self.stack_secret_server_key) {
+                (Some(project), Some(secret))
+                    if !project.trim().is_empty() && !secret.trim().is_empty() =>
+                {
+                    if self.secret_server_key.is_some() {
+                        return Err(config_error(
                         "--secret-server-key serves the key API over the database, which Stack \
                          Auth mode does not use: drop it, or drop --stack-project-id"
                             .into(),
                     ));
+                    }
+                    Backend::StackAuth(
+                        StackAuthConfig::new(project.trim(), secret.trim())
+                            .base_url(self.stack_api_url.trim()),
+                    )
                 }
-                Backend::StackAuth(
-                    StackAuthConfig::new(project.trim(), secret.trim())
-                        .base_url(self.stack_api_url.trim()),
-                )
-            }
-            (None, None) => Backend::Database(parse_location(&self.database.database_url)?),
-            (Some(_), _) => {
-                return Err(config_error(
+                (None, None) => Backend::Database(parse_location(&self.database.database_url)?),
+                (Some(_), _) => return Err(config_error(
                     "Stack Auth mode needs both --stack-project-id and --stack-secret-server-key \
                      (STACK_SECRET_SERVER_KEY); set the secret, or unset the project id"
                         .into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(config_error(
+                )),
+                (None, Some(_)) => return Err(config_error(
                     "--stack-secret-server-key is set but --stack-project-id (STACK_PROJECT_ID) \
                      is not: set both for Stack Auth mode, or neither"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         let key_api = match &self.secret_server_key {
             Some(secret) => Some(
                 KeyServerConfig::new(self.project_id.clone(), secret.clone())
@@ -270,9 +299,10 @@ impl ServeArgs {
             .map_err(|e| config_error(format!("--require: {e}")))?;
         let extractor = match &self.key_header {
             Some(name) => {
-                let name = axum::http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-                    config_error(format!("--key-header {name:?} is not a header name"))
-                })?;
+                let name =
+                    axum::http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                        config_error(format!("--key-header {name:?} is not a header name"))
+                    })?;
                 KeyExtractor::new().bearer(false).header(name)
             }
             None => KeyExtractor::new(),
@@ -367,14 +397,18 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Failure> {
                     .map_err(|e| Failure::Runtime(format!("cannot build an HTTP client: {e}")))?,
                 url: format!("{}/api/v1", stack.base()),
             };
-            tracing::info!(project_id = stack.project_id(), api = stack.base(), "keys verified by Stack Auth");
+            tracing::info!(
+                project_id = stack.project_id(),
+                api = stack.base(),
+                "keys verified by Stack Auth"
+            );
             let cache = cached(&config, verifier);
             run_with(&config, cache, None, readiness, None).await
         }
         Backend::Database(Location::Postgres(url)) => {
-            let store = PostgresKeyStore::connect(*url)
-                .await
-                .map_err(|e| Failure::Runtime(format!("cannot open the PostgreSQL key database: {e}")))?;
+            let store = PostgresKeyStore::connect(*url).await.map_err(|e| {
+                Failure::Runtime(format!("cannot open the PostgreSQL key database: {e}"))
+            })?;
             let cache = cached(&config, store.clone());
             let feed = keygate::fleet::PgRevocationFeed::for_pool(store.pool())
                 .spawn(&cache)
