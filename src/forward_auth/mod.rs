@@ -49,7 +49,7 @@
 //!     }
 //!     request.body(Body::empty()).unwrap()
 //! };
-//! let allowed = app.clone().oneshot(ask(Some(format!("Bearer {}", key.secret())))).await?;
+//! let allowed = app.clone().oneshot(ask(Some(format!("Bearer {}", key.key.expose_secret())))).await?;
 //! assert_eq!(allowed.status(), StatusCode::OK);
 //! assert_eq!(allowed.headers()[USER_ID], "u-1");
 //! assert_eq!(allowed.headers()[KEY_TYPE], "user");

@@ -12,12 +12,12 @@ use keygate::forward_auth::{ForwardAuth, Require, TrustedProxies};
 use keygate::rate_limit::{PrincipalKey, Quota};
 use keygate::server::{key_server, KeyServerConfig};
 use keygate::stack_auth::{StackAuthConfig, StackAuthVerifier};
-use keygate::{CachedVerifier, KeyExtractor, KeyVerifier, PostgresKeyStore, SqliteKeyStore};
+use keygate::{CachedVerifier, KeyExtractor, KeyVerifier};
 use tokio::sync::watch;
 
 use crate::duration::parse_duration;
 use crate::ops::{self, Readiness};
-use crate::store::{parse_location, DatabaseArgs, Location};
+use crate::store::{parse_location, DatabaseArgs, Store};
 use crate::Failure;
 
 /// Flags of `keygate serve`. Every flag can also be set by the environment variable named in
@@ -197,16 +197,17 @@ pub(crate) struct ServeArgs {
 }
 
 /// Where keys are checked.
-enum Backend<'a> {
-    Database(Location<'a>),
+enum Backend {
+    /// The database of `--database-url` (checked, not yet opened).
+    Database,
     StackAuth(StackAuthConfig),
 }
 
 /// Everything checked before anything runs.
-struct Config<'a> {
+struct Config {
     listen: SocketAddr,
     admin_listen: Option<SocketAddr>,
-    backend: Backend<'a>,
+    backend: Backend,
     #[allow(dead_code)] // TODO(fleet): read by the SQLite revocation feed once it lands.
     poll_interval: Duration,
     key_api: Option<KeyServerConfig>,
@@ -251,7 +252,7 @@ fn positive(flag: &str, text: &str) -> Result<NonZeroU32, Failure> {
 
 impl ServeArgs {
     /// Checks every flag; the first problem is a one-line [`Failure::Config`].
-    fn config(&self) -> Result<Config<'_>, Failure> {
+    fn config(&self) -> Result<Config, Failure> {
         let listen = address("--listen", &self.listen)?;
         let admin_listen = match &self.admin_listen {
             Some(text) => Some(address("--admin-listen", text)?),
@@ -274,7 +275,10 @@ impl ServeArgs {
                             .base_url(self.stack_api_url.trim()),
                     )
                 }
-                (None, None) => Backend::Database(parse_location(&self.database.database_url)?),
+                (None, None) => {
+                    parse_location(&self.database.database_url)?;
+                    Backend::Database
+                }
                 (Some(_), _) => return Err(config_error(
                     "Stack Auth mode needs both --stack-project-id and --stack-secret-server-key \
                      (STACK_SECRET_SERVER_KEY); set the secret, or unset the project id"
@@ -405,54 +409,46 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Failure> {
             let cache = cached(&config, verifier);
             run_with(&config, cache, None, readiness, None).await
         }
-        Backend::Database(Location::Postgres(url)) => {
-            let store = PostgresKeyStore::connect(*url).await.map_err(|e| {
-                Failure::Runtime(format!("cannot open the PostgreSQL key database: {e}"))
-            })?;
-            let cache = cached(&config, store.clone());
-            let feed = keygate::fleet::PgRevocationFeed::for_pool(store.pool())
-                .spawn(&cache)
-                .map_err(|e| Failure::Runtime(format!("cannot start the revocation feed: {e}")))?;
-            let readiness = Readiness::Postgres(store.pool().clone());
-            let api = key_api(&config, store);
-            run_with(&config, cache, api, readiness, Some(feed)).await
-        }
-        Backend::Database(location) => {
-            let (store, what) = match location {
-                Location::SqliteFile(path) => (SqliteKeyStore::open(path).await, *path),
-                _ => (SqliteKeyStore::in_memory().await, ":memory:"),
-            };
-            let store = store.map_err(|e| {
-                config_error(format!(
-                    "cannot open the SQLite key database {what:?} ({e}): check --database-url, \
-                     the directory and its permissions"
-                ))
-            })?;
-            let cache = cached(&config, store.clone());
-            // TODO(fleet): keygate::fleet::SqliteRevocationFeed (branch `fleet`) has not landed
-            // yet; once it has, spawn it here on the cache with `config.poll_interval`, so that
-            // `keygate keys revoke` in another process reaches this cache before the TTL.
-            let readiness = Readiness::Sqlite(store.pool().clone());
-            let api = key_api(&config, store);
-            run_with(&config, cache, api, readiness, None).await
-        }
+        Backend::Database => match args.database.open().await? {
+            Store::Postgres(store) => {
+                let cache = cached(&config, store.clone());
+                let feed = keygate::fleet::PgRevocationFeed::for_pool(store.pool())
+                    .spawn(&cache)
+                    .map_err(|e| {
+                        Failure::Runtime(format!("cannot start the revocation feed: {e}"))
+                    })?;
+                let readiness = Readiness::Postgres(store.pool().clone());
+                let api = key_api(&config, store);
+                run_with(&config, cache, api, readiness, Some(feed)).await
+            }
+            Store::Sqlite(store) => {
+                let cache = cached(&config, store.clone());
+                // TODO(fleet): keygate::fleet::SqliteRevocationFeed (branch `fleet`) has not
+                // landed yet; once it has, spawn it here on the cache with
+                // `config.poll_interval`, so that `keygate keys revoke` in another process
+                // reaches this cache before the TTL.
+                let readiness = Readiness::Sqlite(store.pool().clone());
+                let api = key_api(&config, store);
+                run_with(&config, cache, api, readiness, None).await
+            }
+        },
     }
 }
 
-fn cached<V: KeyVerifier>(config: &Config<'_>, verifier: V) -> CachedVerifier<V> {
+fn cached<V: KeyVerifier>(config: &Config, verifier: V) -> CachedVerifier<V> {
     CachedVerifier::builder(verifier)
         .ttl(config.cache_ttl)
         .negative_ttl(config.negative_cache_ttl)
         .build()
 }
 
-fn key_api<S: keygate::KeyStore>(config: &Config<'_>, store: S) -> Option<Router> {
+fn key_api<S: keygate::KeyStore>(config: &Config, store: S) -> Option<Router> {
     config.key_api.clone().map(|api| key_server(store, api))
 }
 
 /// Serves until a signal, with `cache` behind the forward-auth router.
 async fn run_with<V: KeyVerifier>(
-    config: &Config<'_>,
+    config: &Config,
     cache: CachedVerifier<V>,
     key_api: Option<Router>,
     readiness: Readiness,
