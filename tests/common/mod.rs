@@ -19,8 +19,12 @@ pub mod rate_limit;
 pub mod rng;
 pub mod verifier;
 
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(feature = "server")]
 pub mod key_api;
+#[cfg(feature = "cli")]
+pub mod keygate_bin;
 #[cfg(all(feature = "server", feature = "sqlite"))]
 #[macro_use]
 pub mod key_stores;

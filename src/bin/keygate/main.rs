@@ -9,7 +9,9 @@
 //! 1 a negative answer (key invalid, key id unknown), 2 bad usage or configuration, 3 a failure
 //! at run time (database unreachable, listener lost).
 
+mod duration;
 mod keys;
+mod ops;
 mod serve;
 mod store;
 
@@ -25,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// `serve` has many flags; the enum is built once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the forward-auth service (and the key API, health and metrics endpoints).
