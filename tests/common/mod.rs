@@ -19,6 +19,8 @@ pub mod rate_limit;
 pub mod rng;
 pub mod verifier;
 
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(feature = "server")]
 pub mod key_api;
 #[cfg(feature = "cli")]
