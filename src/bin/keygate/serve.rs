@@ -16,7 +16,6 @@ use crate::ops::{self, Readiness};
 use crate::store::{DatabaseArgs, Store};
 use crate::Failure;
 
-#[path = "serve_config.rs"]
 mod config;
 
 use config::{config_error, Backend, Config};
