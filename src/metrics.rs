@@ -18,6 +18,7 @@
 //! | `keygate_stack_auth_breaker_state` | gauge | `route` | 0 closed, 1 open, 2 half-open (probing) |
 //! | `keygate_fleet_revocations_total` | counter | `feed` | revocations a fleet feed received |
 //! | `keygate_fleet_ignored_payloads_total` | counter | `feed` | feed payloads that were not a key id |
+//! | `keygate_fleet_revocation_lag_seconds` | histogram | `feed` | from a revocation's change (the database's, or the publisher's, clock) to the feed's invalidation |
 //!
 //! Label values:
 //! - `outcome`: `pass` (a valid key), `anonymous` (no key, let through in optional mode),
@@ -30,8 +31,14 @@
 //!   `circuit_open`, `store`.
 //! - `route`: `user`, `team`. `feed`: `postgres`, `redis`, `sqlite`.
 //!
+//! The lag is recorded for payloads that carry the revocation's time (the current trigger and
+//! publisher send it; a bare key id from an older one counts as a revocation, without a lag),
+//! clamped at zero when the sender's clock runs ahead, and dropped past a day (a clock gone
+//! wrong). It spans two clocks: on one host it is exact, across hosts it is as good as their
+//! clock sync.
+//!
 //! Not measured: cache evictions (the caches register no eviction listener, which would cost on
-//! every insert), and a feed's lag (its payload is the bare key id, with no revocation time).
+//! every insert).
 //!
 //! Spans (on by default; no feature needed), created as children of the current span, so a
 //! `TraceLayer`'s request span contains them:
