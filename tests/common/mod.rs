@@ -16,6 +16,8 @@ pub mod kinds;
 pub mod logs;
 #[cfg(feature = "governor")]
 pub mod rate_limit;
+#[cfg(feature = "metrics")]
+pub mod recorded;
 pub mod rng;
 pub mod verifier;
 
