@@ -134,8 +134,7 @@ impl KeygateServe {
                 Ok(line) => {
                     if let Some(rest) = line.strip_prefix("keygate: admin listening on http://") {
                         admin_addr = Some(rest.trim().parse().expect("admin address"));
-                    } else if let Some(rest) = line.strip_prefix("keygate: listening on http://")
-                    {
+                    } else if let Some(rest) = line.strip_prefix("keygate: listening on http://") {
                         break rest.trim().parse().expect("listening address");
                     }
                 }
@@ -147,13 +146,19 @@ impl KeygateServe {
             if let Some(status) = child.try_wait().expect("wait for keygate") {
                 // Let the stderr reader catch up with what the process wrote before exiting.
                 std::thread::sleep(Duration::from_millis(100));
-                let stderr = stderr.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let stderr = stderr
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 return Err(SpawnFailure { status, stderr });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                let stderr = stderr.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let stderr = stderr
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 panic!("keygate serve printed no listening line within {PATIENCE:?}; stderr:\n{stderr}");
             }
         };

@@ -64,22 +64,48 @@ pub(crate) fn parse_location(url: &str) -> Result<Location<'_>, Failure> {
 
 impl DatabaseArgs {
     /// Opens (and migrates) the database.
+    ///
+    /// A SQLite file that cannot be opened is a configuration mistake (exit 2, as for `serve`);
+    /// a PostgreSQL server that cannot be reached is a failure at run time (exit 3).
     pub(crate) async fn open(&self) -> Result<Store, Failure> {
-        let failed = |error: keygate::store::StoreError| {
-            Failure::Runtime(format!("cannot open the key database: {error}"))
-        };
         Ok(match parse_location(&self.database_url)? {
             Location::SqliteFile(path) => {
-                Store::Sqlite(SqliteKeyStore::open(path).await.map_err(failed)?)
+                Store::Sqlite(SqliteKeyStore::open(path).await.map_err(|e| {
+                    Failure::Config(format!(
+                        "cannot open the SQLite key database {path:?} ({}): check \
+                         --database-url, the directory and its permissions",
+                        error_chain(&e)
+                    ))
+                })?)
             }
             Location::SqliteMemory => {
-                Store::Sqlite(SqliteKeyStore::in_memory().await.map_err(failed)?)
+                Store::Sqlite(SqliteKeyStore::in_memory().await.map_err(|e| {
+                    Failure::Runtime(format!("cannot open sqlite::memory: ({})", error_chain(&e)))
+                })?)
             }
             Location::Postgres(url) => {
-                Store::Postgres(PostgresKeyStore::connect(url).await.map_err(failed)?)
+                Store::Postgres(PostgresKeyStore::connect(url).await.map_err(|e| {
+                    Failure::Runtime(format!(
+                        "cannot open the PostgreSQL key database ({}): check that the server \
+                         runs and that --database-url names it",
+                        error_chain(&e)
+                    ))
+                })?)
             }
         })
     }
+}
+
+/// An error and its causes, on one line: `outer: cause: root cause`.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
 }
 
 #[cfg(test)]
