@@ -14,7 +14,7 @@ pub mod extract;
 #[doc(hidden)]
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
-#[cfg(any(feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
 pub mod fleet;
 #[cfg(feature = "forward-auth")]
 pub mod forward_auth;

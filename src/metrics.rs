@@ -28,7 +28,7 @@
 //!   too broken to tell).
 //! - `kind` on verifier errors: `timeout`, `transport`, `upstream`, `misconfigured`,
 //!   `circuit_open`, `store`.
-//! - `route`: `user`, `team`. `feed`: `postgres`, `redis`.
+//! - `route`: `user`, `team`. `feed`: `postgres`, `redis`, `sqlite`.
 //!
 //! Not measured: cache evictions (the caches register no eviction listener, which would cost on
 //! every insert), and a feed's lag (its payload is the bare key id, with no revocation time).
@@ -273,7 +273,7 @@ pub(crate) fn breaker_state(route: KeyKind, state: f64) {
 }
 
 /// A fleet feed received a revocation (`revoked`) or a payload that is not a key id.
-#[cfg(any(feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
 pub(crate) fn fleet_payload(feed: &'static str, revoked: bool) {
     #[cfg(feature = "metrics")]
     match (feed, revoked) {
@@ -283,7 +283,26 @@ pub(crate) fn fleet_payload(feed: &'static str, revoked: bool) {
         }
         ("redis", true) => count!("keygate_fleet_revocations_total", "feed" => "redis"),
         ("redis", false) => count!("keygate_fleet_ignored_payloads_total", "feed" => "redis"),
+        ("sqlite", true) => count!("keygate_fleet_revocations_total", "feed" => "sqlite"),
+        ("sqlite", false) => count!("keygate_fleet_ignored_payloads_total", "feed" => "sqlite"),
         (_, true) => count!("keygate_fleet_revocations_total", "feed" => "other"),
         (_, false) => count!("keygate_fleet_ignored_payloads_total", "feed" => "other"),
+    }
+}
+
+/// How long a revocation took from its commit (by the sender's clock) to the feed's
+/// invalidation.
+#[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
+pub(crate) fn fleet_lag(feed: &'static str, lag: std::time::Duration) {
+    #[cfg(feature = "metrics")]
+    {
+        let feed = match feed {
+            "postgres" => "postgres",
+            "redis" => "redis",
+            "sqlite" => "sqlite",
+            _ => "other",
+        };
+        ::metrics::histogram!("keygate_fleet_revocation_lag_seconds", "feed" => feed)
+            .record(lag.as_secs_f64());
     }
 }

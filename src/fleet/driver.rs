@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::{
     parse_payload, payload_prefix, FeedError, FeedState, FeedStatus, OnReconnect, RevocationFeed,
-    RevocationTarget,
+    RevocationTarget, Revoked,
 };
 
 /// How long a feed waits between connection attempts: `min`, doubled after each failure up to
@@ -75,6 +75,9 @@ pub(crate) enum Event {
     Payload(String),
     /// The connection is gone, and why.
     Lost(String),
+    /// Events were lost while the source kept going (a log pruned past the feed's position):
+    /// the driver treats it as a reconnection and applies [`OnReconnect`].
+    Missed,
 }
 
 /// A source of notifications: opens a listening connection (subscribed when this returns).
@@ -85,7 +88,7 @@ pub(crate) trait Source: Send + 'static {
     /// Connects and starts listening.
     fn connect(&mut self) -> impl Future<Output = Result<Self::Conn, String>> + Send;
 
-    /// A name for logs: "postgres" or "redis".
+    /// A name for logs and metrics: "postgres", "redis" or "sqlite".
     fn name(&self) -> &'static str;
 }
 
@@ -94,6 +97,13 @@ pub(crate) trait Connection: Send {
     /// The next payload, or the end of the connection. Checks the connection's health while
     /// idle.
     fn next(&mut self) -> impl Future<Output = Event> + Send;
+
+    /// Whether events sent before this connection listened may have been missed. True for
+    /// pub/sub sources; a source that replays from where it stopped (a log) says false unless
+    /// it found a gap.
+    fn may_have_missed(&self) -> bool {
+        true
+    }
 }
 
 /// The settings every feed shares.
@@ -177,7 +187,7 @@ async fn run(
         };
         // Listening now: whatever is revoked from here on reaches us. What was revoked before
         // (while we were away, or before the first connection) may not have.
-        if settings.on_reconnect == OnReconnect::EmptyCache {
+        if settings.on_reconnect == OnReconnect::EmptyCache && conn.may_have_missed() {
             target.events_missed();
         }
         let since = SystemTime::now();
@@ -202,6 +212,12 @@ async fn run(
             match event {
                 Event::Payload(payload) => deliver(&target, &status, name, &payload),
                 Event::Lost(reason) => break reason,
+                Event::Missed => {
+                    tracing::warn!(feed = name, on_reconnect = ?settings.on_reconnect, "revocation feed: events were missed");
+                    if settings.on_reconnect == OnReconnect::EmptyCache {
+                        target.events_missed();
+                    }
+                }
             }
         };
         drop(conn);
@@ -238,8 +254,11 @@ fn deliver(
 ) {
     let now = SystemTime::now();
     match parse_payload(payload) {
-        Some(key_id) => {
+        Some(Revoked { key_id, at_millis }) => {
             target.key_revoked(key_id);
+            if let Some(lag) = at_millis.and_then(|at| lag(at, now)) {
+                crate::metrics::fleet_lag(name, lag);
+            }
             crate::metrics::fleet_payload(name, true);
             tracing::debug!(feed = name, %key_id, "revocation feed: key dropped");
             status.send_modify(|s| {
@@ -261,4 +280,20 @@ fn deliver(
             });
         }
     }
+}
+
+/// The longest lag recorded: a revocation time further back is a clock gone wrong (or a
+/// replayed message), not a lag.
+const MAX_LAG: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The time from a revocation at `at_millis` (the sender's clock) to `now` (ours): `None` if
+/// implausible (over a day), zero if the sender's clock runs ahead of ours.
+pub(crate) fn lag(at_millis: i64, now: SystemTime) -> Option<Duration> {
+    let now_millis = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|since| i64::try_from(since.as_millis()).ok())?;
+    let lag = u64::try_from(now_millis.saturating_sub(at_millis)).unwrap_or(0);
+    let lag = Duration::from_millis(lag);
+    (lag <= MAX_LAG).then_some(lag)
 }

@@ -1,6 +1,6 @@
-//! Revocation feeds, features `postgres` and `redis`: a revocation made on one instance drops
-//! the key from the cache of every instance subscribed to the feed, within a second whatever
-//! the cache's TTL.
+//! Revocation feeds, features `postgres`, `redis` and `sqlite`: a revocation made on one
+//! instance drops the key from the cache of every instance subscribed to the feed, within a
+//! second whatever the cache's TTL.
 //!
 //! - [`PgRevocationFeed`] (feature `postgres`) listens on a PostgreSQL channel (`LISTEN`). The
 //!   store's trigger sends `pg_notify(channel, key_id)` in the transaction that revokes a key
@@ -10,12 +10,18 @@
 //!   verify through Stack Auth and have no PostgreSQL of their own; a
 //!   [`RedisRevocationPublisher`] publishes the ids of the keys revoked through a
 //!   `StackAuthClient`.
+//! - [`SqliteRevocationFeed`] (feature `sqlite`) polls the SQLite store's revocation log, which
+//!   its triggers fill in the revoking transaction, for processes sharing one database file (a
+//!   server and the `keygate keys revoke` command): a revocation reaches the cache within about
+//!   one poll interval (default 200 ms) of its commit. A failed read resumes where it stopped,
+//!   so only a gap in the log (an hour of revocations, pruned) counts as missed events.
 //!
 //! A feed runs as a task on the current tokio runtime and reports to the [`RevocationFeed`]
 //! handle it returns: [`status`](RevocationFeed::status) tells whether it is connected, when
 //! the last event came and how often it reconnected; dropping the handle stops the task. The
-//! payload is a key id, never a key; anything else is logged (a short prefix at most) and
-//! ignored.
+//! payload is a key id, never a key, optionally followed by the revocation's time (which the
+//! `metrics` feature turns into a lag histogram); anything else is logged (a short prefix at
+//! most) and ignored.
 //!
 //! When the listening connection drops, the feed reconnects with capped, jittered
 //! [`Backoff`]. Revocations sent while it was away are lost, so by default
@@ -45,6 +51,8 @@ mod driver;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 #[cfg(test)]
 mod tests;
 
@@ -67,6 +75,8 @@ pub use self::redis::RevokeAndPublishError;
 pub use self::redis::{
     PublishError, RedisRevocationFeed, RedisRevocationPublisher, DEFAULT_PUBLISH_TIMEOUT,
 };
+#[cfg(feature = "sqlite")]
+pub use self::sqlite::{SqliteRevocationFeed, DEFAULT_POLL_INTERVAL};
 pub use driver::Backoff;
 
 /// The channel feeds listen on unless told otherwise: the one `PostgresKeyStore`'s trigger
@@ -375,9 +385,23 @@ impl fmt::Debug for RevocationFeed {
     }
 }
 
-/// The key id in a payload, if it is one. Surrounding whitespace is allowed.
-pub(crate) fn parse_payload(payload: &str) -> Option<Uuid> {
-    Uuid::try_parse(payload.trim()).ok()
+/// What a payload says: the key id, and when it was revoked if the sender said so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Revoked {
+    pub(crate) key_id: Uuid,
+    /// Milliseconds since the Unix epoch, by the sender's clock.
+    pub(crate) at_millis: Option<i64>,
+}
+
+/// The key id in a payload, if it starts with one: `<key id>` (what older triggers and
+/// publishers send) or `<key id> <millis>` (the revocation's time, in milliseconds since the
+/// Unix epoch). Surrounding whitespace is allowed; a time that cannot be read is left out (the
+/// key is dropped all the same).
+pub(crate) fn parse_payload(payload: &str) -> Option<Revoked> {
+    let mut parts = payload.split_ascii_whitespace();
+    let key_id = Uuid::try_parse(parts.next()?).ok()?;
+    let at_millis = parts.next().and_then(|time| time.parse::<i64>().ok());
+    Some(Revoked { key_id, at_millis })
 }
 
 /// At most the first four characters of a payload that is not a key id, for a log line: were

@@ -258,9 +258,24 @@ fn backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half() {
 #[test]
 fn payloads_are_key_ids_and_only_a_short_prefix_of_anything_else_is_logged() {
     let id = Uuid::new_v4();
-    assert_eq!(parse_payload(&id.to_string()), Some(id));
-    assert_eq!(parse_payload(&id.simple().to_string()), Some(id));
+    let bare = Some(Revoked {
+        key_id: id,
+        at_millis: None,
+    });
+    assert_eq!(parse_payload(&id.to_string()), bare);
+    assert_eq!(parse_payload(&format!(" {id}\n")), bare);
+    assert_eq!(parse_payload(&id.simple().to_string()), bare);
+    // With the revocation's time; a time that cannot be read still drops the key.
+    assert_eq!(
+        parse_payload(&format!("{id} 1764547200123")),
+        Some(Revoked {
+            key_id: id,
+            at_millis: Some(1_764_547_200_123)
+        })
+    );
+    assert_eq!(parse_payload(&format!("{id} soon")), bare);
     assert_eq!(parse_payload("not-a-uuid"), None);
+    assert_eq!(parse_payload("not-a-uuid 1764547200123"), None);
     assert_eq!(parse_payload(""), None);
     assert_eq!(payload_prefix("sk_secretsecret"), "sk_s");
     assert_eq!(payload_prefix("ab"), "ab");

@@ -16,11 +16,19 @@
 //! | `PostgresKeyStore` | `postgres` | in PostgreSQL, with a revocation trigger for other instances |
 //!
 //! The SQL stores use runtime-checked queries (building the crate needs no database) and run
-//! their embedded migrations (`migrations/` in the repository: one table, `keygate_api_keys`)
-//! when they open or connect. sqlx records them in `_sqlx_migrations` under version
-//! `20261201000001`; keygate ignores migrations it does not know, but an application that runs
-//! its own sqlx migrations on the same database must do the same (`set_ignore_missing`), or give
-//! keygate a schema of its own (`PostgresKeyStore::builder(url).schema("keygate")`).
+//! their embedded migrations (`migrations/` in the repository) when they open or connect. sqlx
+//! records them in `_sqlx_migrations` by version:
+//!
+//! | version | store | adds |
+//! | --- | --- | --- |
+//! | `20261201000001` | both | the `keygate_api_keys` table (PostgreSQL: and its revocation trigger) |
+//! | `20261201000002` | SQLite | the `keygate_revocation_log` table and its triggers, which `SqliteRevocationFeed` reads |
+//!
+//! A database made by an older keygate is brought up to date when it opens. keygate ignores
+//! migrations it does not know, so an older keygate still opens a newer database (its writes go
+//! through the newer triggers all the same); an application that runs its own sqlx migrations on
+//! the same database must do the same (`set_ignore_missing`), or give keygate a schema of its
+//! own (`PostgresKeyStore::builder(url).schema("keygate")`).
 //!
 //! ```
 //! use keygate::store::{KeyStore, MemoryKeyStore, NewKey, WhyInvalid};

@@ -2,7 +2,10 @@
 //!
 //! The database is a file in WAL mode, created and migrated when it is opened
 //! (`sqlite::memory:` opens a private in-memory one, for tests). It holds the SHA-256 digest of
-//! each key, never the key; a check is one lookup in the unique digest index.
+//! each key, never the key; a check is one lookup in the unique digest index. Triggers append
+//! the id of every key revoked, re-dated or deleted, by whichever process, to a revocation log
+//! (an hour of it is kept), which [`SqliteRevocationFeed`](crate::fleet::SqliteRevocationFeed)
+//! polls to bring those revocations to a running server's cache.
 //!
 //! ```
 //! use keygate::store::{KeyStore, NewKey, SqliteKeyStore};

@@ -61,6 +61,7 @@ impl Drop for PgSchema {
 }
 
 /// Runs `sql` on a connection of its own, ignoring failures: for guards' drops.
+#[cfg(feature = "postgres")]
 pub fn execute_detached(url: &str, sql: String) {
     let url = url.to_owned();
     // Its own thread and runtime: drop may run inside (or outside) a test's runtime.
