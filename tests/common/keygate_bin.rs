@@ -20,7 +20,7 @@ pub fn binary() -> &'static str {
 
 /// A command for the binary with a clean `KEYGATE_*` / `STACK_*` environment, so a developer's
 /// shell settings cannot change what a test sees.
-fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
+pub fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut command = Command::new(binary());
     for (name, _) in std::env::vars() {
         if name.starts_with("KEYGATE_") || name.starts_with("STACK_") {

@@ -23,6 +23,8 @@ pub mod rng;
 pub mod tap;
 pub mod verifier;
 
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(feature = "server")]
 pub mod key_api;
 #[cfg(feature = "cli")]

@@ -48,27 +48,33 @@ macro_rules! with_store {
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeysCommand {
     /// Create a key for a user or a team and print it (the only time it is shown).
-    #[command(long_about = "Create a key for a user or a team and print it: the only time \
+    #[command(
+        long_about = "Create a key for a user or a team and print it: the only time \
 it is shown, as the database keeps only its digest.\n\n\
 At a terminal, prints the key with its id, type, owner and expiry. When stdout is piped, prints \
-the key and a newline only (KEY=$(keygate keys create --user ID)), with the summary on stderr.")]
+the key and a newline only (KEY=$(keygate keys create --user ID)), with the summary on stderr."
+    )]
     Create(CreateArgs),
     /// List a user's or a team's keys: id, status, last four characters, dates.
     List(ListArgs),
     /// Revoke a key by its id, for good.
-    #[command(long_about = "Revoke a key by its id, for good. Every `keygate serve` on the \
+    #[command(
+        long_about = "Revoke a key by its id, for good. Every `keygate serve` on the \
 same database refuses it within its revocation bound (PostgreSQL pushes the revocation; on a \
 SQLite file each service polls, every --revocation-poll-interval).\n\n\
 Exit 0 when revoked (or already revoked), 1 when no key has this id, 2 when KEY_ID is not a \
-UUID, 3 when the database fails.")]
+UUID, 3 when the database fails."
+    )]
     Revoke(RevokeArgs),
     /// Check a key read from stdin: exit 0 if valid, 1 if not.
-    #[command(long_about = "Check a key read from stdin (one trailing newline is ignored), so \
+    #[command(
+        long_about = "Check a key read from stdin (one trailing newline is ignored), so \
 that it stays out of your shell history and the process list:\n\n    \
 printf '%s\\n' \"$KEY\" | keygate keys check --user\n\n\
 Exit 0 and one line (kind, key id, owner) when the key is valid; 1 with the reason when it is \
 malformed, unknown, of the other kind or owner, revoked or expired; 2 when stdin is empty; 3 \
-when the database fails. The key is never printed.")]
+when the database fails. The key is never printed."
+    )]
     Check(CheckArgs),
 }
 
@@ -89,7 +95,9 @@ impl OwnerArgs {
         match (&self.user, &self.team) {
             (Some(id), None) => owner_id(KeyKind::User, id),
             (None, Some(id)) => owner_id(KeyKind::Team, id),
-            _ => Err(Failure::Config("give exactly one of --user or --team".into())),
+            _ => Err(Failure::Config(
+                "give exactly one of --user or --team".into(),
+            )),
         }
     }
 }
@@ -168,7 +176,9 @@ impl CheckArgs {
             (Some(Some(id)), None) => Expected::Owner(owner_id(KeyKind::User, id)?),
             (None, Some(Some(id))) => Expected::Owner(owner_id(KeyKind::Team, id)?),
             (Some(_), Some(_)) => {
-                return Err(Failure::Config("give at most one of --user or --team".into()))
+                return Err(Failure::Config(
+                    "give at most one of --user or --team".into(),
+                ))
             }
         })
     }
@@ -270,12 +280,17 @@ fn judge(record: &KeyRecord, expected: &Expected, now: SystemTime) -> Result<(),
     let refuse = |why: String| Err(Failure::Refused(format!("not a valid key: {why}")));
     let kind = record.kind();
     match expected {
-        Expected::Kind(want) if *want != kind => return refuse(format!("a {kind} key, not a {want} key")),
+        Expected::Kind(want) if *want != kind => {
+            return refuse(format!("a {kind} key, not a {want} key"))
+        }
         Expected::Owner(want) if want.kind() != kind => {
             return refuse(format!("a {kind} key, not a {} key", want.kind()))
         }
         Expected::Owner(want) if want.id() != record.owner.id() => {
-            return refuse(format!("it belongs to another {kind}, not {}", output::owner(want)))
+            return refuse(format!(
+                "it belongs to another {kind}, not {}",
+                output::owner(want)
+            ))
         }
         _ => {}
     }
@@ -368,15 +383,17 @@ fn owner_id(kind: KeyKind, text: &str) -> Result<Owner, Failure> {
 /// A key id, never echoed if it is in fact a key.
 fn key_id(text: &str) -> Result<Uuid, Failure> {
     text.parse().map_err(|_| {
-        Failure::Config(if ApiKey::parse(text).is_ok() || text.contains(keygate::key::MARKER) {
-            "that is a key, not a key id: `keygate keys check` (the key on stdin) shows its id"
-                .into()
-        } else {
-            format!(
-                "{} is not a key id: key ids are UUIDs, as `keygate keys list` shows them",
-                shown(text)
-            )
-        })
+        Failure::Config(
+            if ApiKey::parse(text).is_ok() || text.contains(keygate::key::MARKER) {
+                "that is a key, not a key id: `keygate keys check` (the key on stdin) shows its id"
+                    .into()
+            } else {
+                format!(
+                    "{} is not a key id: key ids are UUIDs, as `keygate keys list` shows them",
+                    shown(text)
+                )
+            },
+        )
     })
 }
 
@@ -408,7 +425,10 @@ async fn open_existing(database: &DatabaseArgs) -> Result<Store, Failure> {
 }
 
 fn database_failed(doing: &str, error: &StoreError) -> Failure {
-    Failure::Runtime(format!("the key database failed while {doing}: {}", error_chain(error)))
+    Failure::Runtime(format!(
+        "the key database failed while {doing}: {}",
+        error_chain(error)
+    ))
 }
 
 fn print_failed(error: io::Error) -> Failure {
@@ -433,14 +453,29 @@ mod tests {
 
     #[test]
     fn stdin_loses_one_trailing_newline_only() {
-        assert_eq!(input(b"abc\n").ok().as_deref().map(String::as_str), Some("abc"));
-        assert_eq!(input(b"abc\r\n").ok().as_deref().map(String::as_str), Some("abc"));
-        assert_eq!(input(b"abc").ok().as_deref().map(String::as_str), Some("abc"));
-        assert_eq!(input(b"abc\n\n").ok().as_deref().map(String::as_str), Some("abc\n"));
+        assert_eq!(
+            input(b"abc\n").ok().as_deref().map(String::as_str),
+            Some("abc")
+        );
+        assert_eq!(
+            input(b"abc\r\n").ok().as_deref().map(String::as_str),
+            Some("abc")
+        );
+        assert_eq!(
+            input(b"abc").ok().as_deref().map(String::as_str),
+            Some("abc")
+        );
+        assert_eq!(
+            input(b"abc\n\n").ok().as_deref().map(String::as_str),
+            Some("abc\n")
+        );
         assert!(matches!(input(b""), Err(Failure::Config(_))));
         assert!(matches!(input(b"\n"), Err(Failure::Config(_))));
         assert!(matches!(input(&[0xff, b'\n']), Err(Failure::Refused(_))));
-        assert!(matches!(input(&[b'a'; MAX_INPUT + 1]), Err(Failure::Refused(_))));
+        assert!(matches!(
+            input(&[b'a'; MAX_INPUT + 1]),
+            Err(Failure::Refused(_))
+        ));
     }
 
     #[test]
@@ -451,7 +486,10 @@ mod tests {
             Some(Owner::team("0b1d5a52-7c5e-4f8e-9a43-1d2e3f4a5b6c"))
         );
         for bad in ["me", "", "alice", "0b1d5a52-7c5e-4f8e-9a43"] {
-            assert!(matches!(owner_id(KeyKind::User, bad), Err(Failure::Config(_))), "{bad}");
+            assert!(
+                matches!(owner_id(KeyKind::User, bad), Err(Failure::Config(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -478,7 +516,11 @@ mod tests {
         let now = SystemTime::now();
         let user = Owner::user("0b1d5a52-7c5e-4f8e-9a43-1d2e3f4a5b6c");
         let store = keygate::MemoryKeyStore::new();
-        let mut record = store.create(user.clone(), NewKey::new("")).await.unwrap().record;
+        let mut record = store
+            .create(user.clone(), NewKey::new(""))
+            .await
+            .unwrap()
+            .record;
         let reason = |r: &KeyRecord, e: &Expected| match judge(r, e, now) {
             Ok(()) => "valid".to_owned(),
             Err(Failure::Refused(m)) => m,
@@ -490,7 +532,9 @@ mod tests {
         assert!(reason(&record, &Expected::Any).contains("expired"));
         record.revoked_at = Some(now);
         assert!(reason(&record, &Expected::Any).contains("revoked"));
-        assert!(reason(&record, &Expected::Kind(KeyKind::Team)).contains("a user key, not a team key"));
+        assert!(
+            reason(&record, &Expected::Kind(KeyKind::Team)).contains("a user key, not a team key")
+        );
         let other = Owner::user("11111111-7c5e-4f8e-9a43-1d2e3f4a5b6c");
         assert!(reason(&record, &Expected::Owner(other)).contains("another user"));
     }

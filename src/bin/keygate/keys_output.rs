@@ -65,14 +65,26 @@ pub(crate) fn print_created(created: &CreatedKey, mode: Mode) -> io::Result<()> 
             );
         }
         Mode::Human => {
-            writeln!(out, "New API key, shown once: store it now, it cannot be shown again.")?;
+            writeln!(
+                out,
+                "New API key, shown once: store it now, it cannot be shown again."
+            )?;
             writeln!(out)?;
             writeln!(out, "    {}", created.key.expose_secret())?;
             writeln!(out)?;
             writeln!(out, "  id:          {}", record.id)?;
-            writeln!(out, "  type:        {} key, {}", record.kind(), visibility(record))?;
+            writeln!(
+                out,
+                "  type:        {} key, {}",
+                record.kind(),
+                visibility(record)
+            )?;
             writeln!(out, "  owner:       {}", owner(&record.owner))?;
-            writeln!(out, "  expires:     {}", expiry(record.expires_at, SystemTime::now()))?;
+            writeln!(
+                out,
+                "  expires:     {}",
+                expiry(record.expires_at, SystemTime::now())
+            )?;
             if !record.description.is_empty() {
                 writeln!(out, "  description: {}", clean(&record.description))?;
             }
@@ -107,7 +119,14 @@ pub(crate) fn print_list(who: &Owner, records: &[KeyRecord], json: bool) -> io::
         return Ok(());
     }
     let mut rows = vec![[
-        "ID", "TYPE", "STATUS", "KIND", "KEY", "CREATED", "EXPIRES", "DESCRIPTION",
+        "ID",
+        "TYPE",
+        "STATUS",
+        "KIND",
+        "KEY",
+        "CREATED",
+        "EXPIRES",
+        "DESCRIPTION",
     ]
     .map(String::from)];
     rows.extend(records.iter().map(|r| {
