@@ -5,17 +5,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::cli::{create_key, key_id, revoke_key, CliDb};
 use common::echo::{Echo, Seen};
-use common::keygate_bin::{keygate, KeygateServe};
+use common::keygate_bin::KeygateServe;
 use common::nginx::{keygate_site, nginx_bin, Nginx, KEYGATE_SITE};
 use common::tap::Tap;
-use keygate::store::CreatedKey;
-use keygate::{KeyStore, NewKey, Owner, SqliteKeyStore};
 use reqwest::StatusCode;
-use tempfile::TempDir;
+
+/// A user (Stack Auth ids are UUIDs).
+const USER: &str = "0b1d5a52-7c5e-4f8e-9a43-1d2e3f4a5b6c";
+/// A team.
+const TEAM: &str = "5f0e9d8c-7b6a-4594-8372-61504f3e2d1c";
 
 /// A client for nginx: loopback only, bounded in time.
 fn client() -> reqwest::Client {
@@ -46,15 +49,16 @@ impl Answer {
 
     /// The JSON error body of the documented refusal pages.
     fn error(&self) -> String {
-        let json: serde_json::Value = serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("{} with a non-JSON body ({e}): {}", self.status, self.body));
+        let json: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!("{} with a non-JSON body ({e}): {}", self.status, self.body)
+        });
         json["error"].as_str().expect("error field").to_owned()
     }
 }
 
 /// keygate serve over a SQLite file, the echo app, and nginx in front of both.
 struct Edge {
-    dir: TempDir,
+    db: CliDb,
     keygate: Option<KeygateServe>,
     echo: Echo,
     /// Between nginx and keygate, when asked for.
@@ -64,24 +68,23 @@ struct Edge {
 }
 
 impl Edge {
-    /// `None` when nginx is missing (the test is skipped). `serve_args` are added to
-    /// `keygate serve`; `keys` are created in the database before it starts.
+    /// Starts all three over a fresh SQLite file; with `tap`, nginx reaches keygate through a
+    /// [`Tap`].
     async fn start(nginx_bin: &Path, tap: bool) -> Edge {
-        let dir = tempfile::tempdir().unwrap();
-        let database_url = format!("sqlite://{}", dir.path().join("keys.db").display());
-        // Create the database (and its schema) before keygate serve opens it.
-        drop(SqliteKeyStore::open(dir.path().join("keys.db")).await.unwrap());
-        let keygate = KeygateServe::spawn(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--database-url",
-                &database_url,
-                "--log",
-                "warn",
-            ],
-            &[],
-        );
+        let db = CliDb::sqlite();
+        let keygate = tokio::task::block_in_place(|| {
+            KeygateServe::spawn(
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--database-url",
+                    &db.url,
+                    "--log",
+                    "warn",
+                ],
+                &[],
+            )
+        });
         let echo = Echo::start().await;
         let tap = if tap {
             Some(Tap::start(keygate.addr()).await)
@@ -90,12 +93,9 @@ impl Edge {
         };
         let auth_addr = tap.as_ref().map_or(keygate.addr(), Tap::addr);
         let site = keygate_site(auth_addr, echo.addr());
-        let bin = nginx_bin.to_owned();
-        let nginx = tokio::task::spawn_blocking(move || Nginx::start(&bin, &site))
-            .await
-            .unwrap();
+        let nginx = tokio::task::block_in_place(|| Nginx::start(nginx_bin, &site));
         Edge {
-            dir,
+            db,
             keygate: Some(keygate),
             echo,
             tap,
@@ -104,18 +104,12 @@ impl Edge {
         }
     }
 
-    fn database_url(&self) -> String {
-        format!("sqlite://{}", self.db_path().display())
-    }
-
-    fn db_path(&self) -> PathBuf {
-        self.dir.path().join("keys.db")
-    }
-
-    /// A new key of `owner` in the database keygate serves.
-    async fn create_key(&self, owner: Owner) -> CreatedKey {
-        let store = SqliteKeyStore::open(self.db_path()).await.unwrap();
-        store.create(owner, NewKey::new("edge test")).await.unwrap()
+    /// `keygate keys create --user ID` (or `--team`) on keygate's database: `Authorization`'s
+    /// value for the new key, and its id.
+    fn create_key(&self, owner_flag: &str, owner_id: &str) -> (String, String) {
+        let key =
+            tokio::task::block_in_place(|| create_key(&self.db.url, owner_flag, owner_id, &[]));
+        (format!("Bearer {key}"), key_id(&key))
     }
 
     /// `METHOD path` through nginx with `headers` and `body`.
@@ -147,10 +141,6 @@ impl Edge {
     }
 }
 
-fn bearer(key: &CreatedKey) -> String {
-    format!("Bearer {}", key.key.expose_secret())
-}
-
 /// The nginx binary, or `return` from the test (skipped) without one.
 macro_rules! nginx_or_skip {
     () => {
@@ -165,40 +155,33 @@ macro_rules! nginx_or_skip {
 async fn a_valid_key_reaches_the_app_with_its_owner_and_forged_identity_headers_replaced() {
     let bin = nginx_or_skip!();
     let edge = Edge::start(&bin, false).await;
-    let user = edge.create_key(Owner::user("user-1")).await;
-    let team = edge.create_key(Owner::team("team-1")).await;
-    let forged = [
-        ("x-keygate-key-id", "forged-key"),
-        ("x-keygate-key-type", "team"),
-        ("x-keygate-user-id", "admin"),
-        ("x-keygate-team-id", "team-admins"),
-    ];
+    let (user, user_key_id) = edge.create_key("--user", USER);
+    let (team, team_key_id) = edge.create_key("--team", TEAM);
 
-    let mut headers = vec![("authorization", bearer(&user))];
-    headers.extend(forged.iter().map(|(n, v)| (*n, (*v).to_owned())));
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let seen = edge.get("/api/orders?page=2", &headers).await.seen();
+    let seen = edge.get("/api/orders?page=2", &forged(&user)).await.seen();
     assert_eq!(seen.method(), "GET");
     assert_eq!(seen.uri(), "/api/orders?page=2");
-    assert_eq!(
-        seen.header("x-keygate-key-id"),
-        Some(user.record.id.to_string())
-    );
+    assert_eq!(seen.header("x-keygate-key-id"), Some(user_key_id));
     assert_eq!(seen.header("x-keygate-key-type").as_deref(), Some("user"));
-    assert_eq!(seen.header("x-keygate-user-id").as_deref(), Some("user-1"));
-    assert_eq!(seen.header("x-keygate-team-id"), None, "forged team id removed");
-
-    let mut headers = vec![("authorization", bearer(&team))];
-    headers.extend(forged.iter().map(|(n, v)| (*n, (*v).to_owned())));
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let seen = edge.get("/api/teams/1/invoices", &headers).await.seen();
+    assert_eq!(seen.header("x-keygate-user-id").as_deref(), Some(USER));
     assert_eq!(
-        seen.header("x-keygate-key-id"),
-        Some(team.record.id.to_string())
+        seen.header("x-keygate-team-id"),
+        None,
+        "forged team id removed"
     );
+
+    let seen = edge
+        .get("/api/teams/1/invoices", &forged(&team))
+        .await
+        .seen();
+    assert_eq!(seen.header("x-keygate-key-id"), Some(team_key_id));
     assert_eq!(seen.header("x-keygate-key-type").as_deref(), Some("team"));
-    assert_eq!(seen.header("x-keygate-user-id"), None, "forged user id removed");
-    assert_eq!(seen.header("x-keygate-team-id").as_deref(), Some("team-1"));
+    assert_eq!(
+        seen.header("x-keygate-user-id"),
+        None,
+        "forged user id removed"
+    );
+    assert_eq!(seen.header("x-keygate-team-id").as_deref(), Some(TEAM));
     assert_eq!(edge.echo.hits(), 2);
 }
 
@@ -206,21 +189,14 @@ async fn a_valid_key_reaches_the_app_with_its_owner_and_forged_identity_headers_
 async fn a_bad_or_missing_key_gets_401_with_the_challenge_and_a_json_reason() {
     let bin = nginx_or_skip!();
     let edge = Edge::start(&bin, false).await;
-    let user = edge.create_key(Owner::user("user-1")).await;
-    let secret = user.key.expose_secret().to_owned();
-    let (head, last) = secret.split_at(secret.len() - 1);
-    let bad_checksum = format!("Bearer {head}{}", if last == "0" { "1" } else { "0" });
-    let unknown = {
-        let other = tempfile::tempdir().unwrap();
-        let store = SqliteKeyStore::open(other.path().join("other.db"))
-            .await
-            .unwrap();
-        let key = store
-            .create(Owner::user("user-1"), NewKey::new("elsewhere"))
-            .await
-            .unwrap();
-        bearer(&key)
-    };
+    let (user, _) = edge.create_key("--user", USER);
+    let (head, last) = user.split_at(user.len() - 1);
+    let bad_checksum = format!("{head}{}", if last == "0" { "1" } else { "0" });
+    let elsewhere = CliDb::sqlite();
+    let unknown = format!(
+        "Bearer {}",
+        tokio::task::block_in_place(|| create_key(&elsewhere.url, "--user", USER, &[]))
+    );
 
     for (what, headers, reason) in [
         ("no key", vec![], "API_KEY_MISSING"),
@@ -236,7 +212,12 @@ async fn a_bad_or_missing_key_gets_401_with_the_challenge_and_a_json_reason() {
         ),
     ] {
         let answer = edge.get("/api/orders", &headers).await;
-        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{what}: {}", answer.body);
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "{what}: {}",
+            answer.body
+        );
         let challenge = answer.header("www-authenticate").unwrap_or_default();
         assert!(challenge.starts_with("Bearer"), "{what}: {challenge:?}");
         assert_eq!(answer.error(), reason, "{what}");
@@ -253,12 +234,10 @@ async fn a_bad_or_missing_key_gets_401_with_the_challenge_and_a_json_reason() {
 async fn a_user_key_below_the_team_only_location_gets_403_and_a_forged_narrowing_is_ignored() {
     let bin = nginx_or_skip!();
     let edge = Edge::start(&bin, false).await;
-    let user = edge.create_key(Owner::user("user-1")).await;
-    let team = edge.create_key(Owner::team("team-1")).await;
+    let (user, _) = edge.create_key("--user", USER);
+    let (team, _) = edge.create_key("--team", TEAM);
 
-    let answer = edge
-        .get("/api/teams/1", &[("authorization", &bearer(&user))])
-        .await;
+    let answer = edge.get("/api/teams/1", &[("authorization", &user)]).await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
     assert_eq!(answer.error(), "INSUFFICIENT_SCOPE");
     assert_eq!(edge.echo.hits(), 0);
@@ -268,29 +247,45 @@ async fn a_user_key_below_the_team_only_location_gets_403_and_a_forged_narrowing
     let seen = edge
         .get(
             "/api/orders",
-            &[
-                ("authorization", &bearer(&user)),
-                ("x-keygate-require", "team"),
-            ],
+            &[("authorization", &user), ("x-keygate-require", "team")],
         )
         .await
         .seen();
-    assert_eq!(seen.header("x-keygate-user-id").as_deref(), Some("user-1"));
+    assert_eq!(seen.header("x-keygate-user-id").as_deref(), Some(USER));
 
     // A team key below /api/teams/ passes.
     let seen = edge
-        .get("/api/teams/1", &[("authorization", &bearer(&team))])
+        .get("/api/teams/1", &[("authorization", &team)])
         .await
         .seen();
-    assert_eq!(seen.header("x-keygate-team-id").as_deref(), Some("team-1"));
+    assert_eq!(seen.header("x-keygate-team-id").as_deref(), Some(TEAM));
     assert_eq!(edge.echo.hits(), 2);
+}
+
+/// `auth` with forged identity headers.
+fn forged(auth: &str) -> [(&str, &str); 5] {
+    [
+        ("authorization", auth),
+        ("x-keygate-key-id", "forged-key"),
+        ("x-keygate-key-type", "team"),
+        ("x-keygate-user-id", "admin"),
+        ("x-keygate-team-id", "team-admins"),
+    ]
+}
+
+/// `sent` without its `Authorization` lines (for assertion messages: they hold keys).
+fn redacted(sent: &str) -> String {
+    sent.split("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with("authorization:"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_body_reaches_the_app_intact_while_keygate_gets_headers_only() {
     let bin = nginx_or_skip!();
     let edge = Edge::start(&bin, true).await;
-    let user = edge.create_key(Owner::user("user-1")).await;
+    let (user, _) = edge.create_key("--user", USER);
     let body = r#"{"order":"a body only the app may read","qty":3}"#;
 
     let seen = edge
@@ -298,7 +293,7 @@ async fn a_post_body_reaches_the_app_intact_while_keygate_gets_headers_only() {
             reqwest::Method::POST,
             "/api/orders",
             &[
-                ("authorization", &bearer(&user)),
+                ("authorization", &user),
                 ("content-type", "application/json"),
             ],
             Some(body),
@@ -307,36 +302,39 @@ async fn a_post_body_reaches_the_app_intact_while_keygate_gets_headers_only() {
         .seen();
     assert_eq!(seen.method(), "POST");
     assert_eq!(seen.body(), body);
-    assert_eq!(
-        seen.header("content-length"),
-        Some(body.len().to_string())
-    );
-    assert_eq!(seen.header("x-keygate-user-id").as_deref(), Some("user-1"));
+    assert_eq!(seen.header("content-length"), Some(body.len().to_string()));
+    assert_eq!(seen.header("x-keygate-user-id").as_deref(), Some(USER));
 
     // What nginx sent keygate: a GET naming the original request, with no body and no
     // Content-Length promising one.
-    let sent = edge.tap.as_ref().unwrap().sent();
+    let sent = redacted(&edge.tap.as_ref().unwrap().sent());
     let lower = sent.to_ascii_lowercase();
     assert!(sent.starts_with("GET /v1/authz HTTP/1.1\r\n"), "{sent}");
     assert!(lower.contains("\r\nx-original-method: post\r\n"), "{sent}");
-    assert!(lower.contains("\r\nx-original-uri: /api/orders\r\n"), "{sent}");
+    assert!(
+        lower.contains("\r\nx-original-uri: /api/orders\r\n"),
+        "{sent}"
+    );
     assert!(!lower.contains("content-length"), "{sent}");
     assert!(!sent.contains("a body only the app may read"), "{sent}");
-    assert!(sent.ends_with("\r\n\r\n"), "nothing after the headers: {sent}");
+    assert!(
+        sent.ends_with("\r\n\r\n"),
+        "nothing after the headers: {sent}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_keygate_stopped_nginx_answers_500_and_never_calls_the_app() {
     let bin = nginx_or_skip!();
     let mut edge = Edge::start(&bin, false).await;
-    let user = edge.create_key(Owner::user("user-1")).await;
-    let auth = bearer(&user);
+    let (auth, _) = edge.create_key("--user", USER);
     edge.get("/api/orders", &[("authorization", &auth)])
         .await
         .seen();
     assert_eq!(edge.echo.hits(), 1);
 
-    let status = edge.keygate.take().unwrap().stop();
+    let keygate = edge.keygate.take().unwrap();
+    let status = tokio::task::block_in_place(|| keygate.stop());
     assert!(status.success(), "keygate serve exited with {status}");
     for _ in 0..3 {
         let answer = edge.get("/api/orders", &[("authorization", &auth)]).await;
@@ -359,8 +357,7 @@ async fn with_keygate_stopped_nginx_answers_500_and_never_calls_the_app() {
 async fn a_key_revoked_with_the_cli_is_refused_within_two_seconds_and_stays_refused() {
     let bin = nginx_or_skip!();
     let edge = Edge::start(&bin, false).await;
-    let user = edge.create_key(Owner::user("user-1")).await;
-    let auth = bearer(&user);
+    let (auth, key_id) = edge.create_key("--user", USER);
     // Cached as valid in keygate before the revocation.
     for _ in 0..3 {
         edge.get("/api/orders", &[("authorization", &auth)])
@@ -368,24 +365,9 @@ async fn a_key_revoked_with_the_cli_is_refused_within_two_seconds_and_stays_refu
             .seen();
     }
 
-    let database_url = edge.database_url();
-    let key_id = user.record.id.to_string();
-    let revoke = tokio::task::spawn_blocking(move || {
-        keygate(
-            &["keys", "revoke", "--database-url", &database_url, &key_id],
-            &[],
-        )
-    })
-    .await
-    .unwrap();
-    assert!(
-        revoke.status.success(),
-        "keygate keys revoke: {}\n{}",
-        revoke.status,
-        String::from_utf8_lossy(&revoke.stderr)
-    );
+    tokio::task::block_in_place(|| revoke_key(&edge.db.url, &key_id));
 
-    // Documented bound: the revocation poll interval (200 ms by default). Allow 2 s.
+    // The documented bound is the revocation poll interval (200 ms by default); allow 2 s.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let answer = edge.get("/api/orders", &[("authorization", &auth)]).await;
@@ -405,15 +387,18 @@ async fn a_key_revoked_with_the_cli_is_refused_within_two_seconds_and_stays_refu
         let answer = edge.get("/api/orders", &[("authorization", &auth)]).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.body);
     }
-    assert_eq!(edge.echo.hits(), hits, "no request after the refusal reached the app");
+    assert_eq!(
+        edge.echo.hits(),
+        hits,
+        "no request after the refusal reached the app"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_requests_share_one_keep_alive_connection_to_keygate() {
     let bin = nginx_or_skip!();
     let edge = Edge::start(&bin, true).await;
-    let user = edge.create_key(Owner::user("user-1")).await;
-    let auth = bearer(&user);
+    let (auth, _) = edge.create_key("--user", USER);
     let tap = edge.tap.as_ref().unwrap();
     const N: usize = 50;
     for i in 0..N {
@@ -432,7 +417,8 @@ async fn many_requests_share_one_keep_alive_connection_to_keygate() {
 
 #[test]
 fn the_readme_shows_the_tested_nginx_config() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let body = KEYGATE_SITE
         .lines()
         .skip_while(|line| line.starts_with('#') || line.is_empty())

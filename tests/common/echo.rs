@@ -122,7 +122,11 @@ impl Seen {
     /// The single value of header `name`, `None` when absent; panics when it came twice.
     pub fn header(&self, name: &str) -> Option<String> {
         let mut values = self.headers(name);
-        assert!(values.len() <= 1, "{name} arrived {} times: {values:?}", values.len());
+        assert!(
+            values.len() <= 1,
+            "{name} arrived {} times: {values:?}",
+            values.len()
+        );
         values.pop()
     }
 }

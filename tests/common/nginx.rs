@@ -36,7 +36,9 @@ pub fn nginx_bin() -> Option<PathBuf> {
         Some(bin) => match Command::new(bin).arg("-V").output() {
             Err(e) => format!("{} does not run: {e}", bin.display()),
             // `nginx -V` prints its configure arguments on stderr.
-            Ok(out) if !String::from_utf8_lossy(&out.stderr).contains("http_auth_request_module") => {
+            Ok(out)
+                if !String::from_utf8_lossy(&out.stderr).contains("http_auth_request_module") =>
+            {
                 format!("{} lacks the auth_request module", bin.display())
             }
             Ok(_) => return found,
