@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::cli::{create_key, key_id, revoke_key, CliDb};
 use common::echo::{Echo, Seen};
 use common::keygate_bin::KeygateServe;
-use common::nginx::{keygate_site, nginx_bin, Nginx, KEYGATE_SITE};
+use common::nginx::{keygate_site, nginx_bin, replace_all, Nginx, KEYGATE_SITE};
 use common::tap::Tap;
 use reqwest::StatusCode;
 
@@ -71,6 +71,11 @@ impl Edge {
     /// Starts all three over a fresh SQLite file; with `tap`, nginx reaches keygate through a
     /// [`Tap`].
     async fn start(nginx_bin: &Path, tap: bool) -> Edge {
+        Self::start_with(nginx_bin, tap, |site| site).await
+    }
+
+    /// [`Edge::start`] with the nginx configuration changed by `edit`.
+    async fn start_with(nginx_bin: &Path, tap: bool, edit: impl FnOnce(String) -> String) -> Edge {
         let db = CliDb::sqlite();
         let keygate = tokio::task::block_in_place(|| {
             KeygateServe::spawn(
@@ -92,7 +97,7 @@ impl Edge {
             None
         };
         let auth_addr = tap.as_ref().map_or(keygate.addr(), Tap::addr);
-        let site = keygate_site(auth_addr, echo.addr());
+        let site = edit(keygate_site(auth_addr, echo.addr()));
         let nginx = tokio::task::block_in_place(|| Nginx::start(nginx_bin, &site));
         Edge {
             db,
@@ -321,6 +326,43 @@ async fn a_post_body_reaches_the_app_intact_while_keygate_gets_headers_only() {
         sent.ends_with("\r\n\r\n"),
         "nothing after the headers: {sent}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_content_length_line_posts_still_pass_at_once_at_the_cost_of_a_connection() {
+    let bin = nginx_or_skip!();
+    // The trap: nginx then sends keygate the client's Content-Length with no body. Had keygate
+    // waited for that body, nginx would give up after 2 s and answer 500.
+    let edge = Edge::start_with(&bin, true, |site| {
+        replace_all(
+            &site,
+            &[(
+                "proxy_set_header Content-Length \"\";",
+                "proxy_read_timeout 2s;",
+                1,
+            )],
+        )
+    })
+    .await;
+    let (user, _) = edge.create_key("--user", USER);
+    let body = "a body keygate is promised but never sent";
+    let headers = [("authorization", user.as_str())];
+    let post = || edge.send(reqwest::Method::POST, "/api/orders", &headers, Some(body));
+    assert_eq!(post().await.seen().body(), body);
+    let sent = redacted(&edge.tap.as_ref().unwrap().sent());
+    assert!(
+        sent.to_ascii_lowercase()
+            .contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+        "nginx forwarded the client's Content-Length: {sent}"
+    );
+    // The next request is not mistaken for the missing body.
+    edge.get("/api/orders", &[("authorization", &user)])
+        .await
+        .seen();
+    assert_eq!(post().await.seen().body(), body);
+    assert_eq!(edge.echo.hits(), 3);
+    // keygate closed the connection after each POST: the GET needed a second one.
+    assert_eq!(edge.tap.as_ref().unwrap().accepted(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
