@@ -397,6 +397,42 @@ impl hyper::body::Body for NeverEnds {
 }
 
 #[tokio::test]
+async fn logs_name_the_original_request_without_its_query_or_the_key() {
+    let keys = Keys::new().await;
+    let (app, _) = app_over(&keys);
+    let logs = common::logs::LogCapture::start();
+    let user = bearer(&keys.user);
+    let nginx = [
+        ("authorization", user.as_str()),
+        ("x-original-method", "POST"),
+        ("x-original-uri", "/api/orders?token=secret-query"),
+    ];
+    let reply = ask(&app, Method::GET, "/v1/authz", PROXY, &nginx, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let forged = ask(
+        &app,
+        Method::GET,
+        "/v1/authz/own/path",
+        STRANGER,
+        &nginx,
+        None,
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::OK);
+    let text = logs.text();
+    assert!(
+        text.contains("original_method=POST original_uri=/api/orders trusted_peer=true"),
+        "{text}"
+    );
+    assert!(
+        text.contains("original_method=GET original_uri=/own/path trusted_peer=false"),
+        "{text}"
+    );
+    assert!(!text.contains("secret-query"), "{text}");
+    assert!(!text.contains("574ck4u7h"), "{text}");
+}
+
+#[tokio::test]
 async fn the_cache_answers_repeated_requests_with_one_verifier_call() {
     let keys = Keys::new().await;
     let (app, verifier) = app_over(&keys);

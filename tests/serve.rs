@@ -213,18 +213,85 @@ async fn settings_come_from_the_environment_too() {
         &[
             ("KEYGATE_DATABASE_URL", &db),
             ("KEYGATE_REQUIRE", "team"),
+            ("KEYGATE_KEY_HEADER", "x-api-key"),
             ("KEYGATE_PROJECT_ID", PROJECT),
             ("KEYGATE_SECRET_SERVER_KEY", SECRET),
         ],
     );
     let (_, key) = create_user_key(&server, &Uuid::new_v4().to_string()).await;
-    let (status, headers, _) = get(&server.url("/v1/authz"), Some(&key)).await;
+    let response = client()
+        .get(server.url("/v1/authz"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
-        status,
+        response.status(),
         StatusCode::FORBIDDEN,
         "KEYGATE_REQUIRE=team refuses a user key"
     );
-    assert_eq!(header(&headers, "x-keygate-reason"), "INSUFFICIENT_SCOPE");
+    assert_eq!(
+        header(response.headers(), "x-keygate-reason"),
+        "INSUFFICIENT_SCOPE"
+    );
+    // KEYGATE_KEY_HEADER replaces `Authorization: Bearer`.
+    let (status, headers, _) = get(&server.url("/v1/authz"), Some(&key)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(header(&headers, "x-keygate-reason"), "API_KEY_MISSING");
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+#[tokio::test]
+async fn rate_limits_answer_403_for_nginx_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let server = KeygateServe::spawn(
+        &with_key_api(
+            &db,
+            &[
+                "--rate-limit",
+                "1",
+                "--rate-limit-burst",
+                "2",
+                "--limit-status",
+                "403",
+            ],
+        ),
+        &[],
+    );
+    let (_, key) = create_user_key(&server, &Uuid::new_v4().to_string()).await;
+    for i in 0..2 {
+        assert_eq!(
+            get(&server.url("/v1/authz"), Some(&key)).await.0,
+            StatusCode::OK,
+            "request {i}"
+        );
+    }
+    let (status, headers, _) = get(&server.url("/v1/authz"), Some(&key)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(header(&headers, "x-keygate-reason"), "RATE_LIMITED");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+#[tokio::test]
+async fn readiness_fails_with_a_reason_while_stack_auth_is_unreachable() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let server = KeygateServe::spawn(
+        &["--listen", "127.0.0.1:0", "--stack-api-url", &url],
+        &[
+            ("STACK_PROJECT_ID", PROJECT),
+            ("STACK_SECRET_SERVER_KEY", SECRET),
+        ],
+    );
+    let (status, _, body) = get(&server.url("/readyz"), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body.trim().lines().count(), 1, "{body}");
+    assert!(body.contains("Stack Auth is unreachable"), "{body}");
+    assert_eq!(get(&server.url("/healthz"), None).await.0, StatusCode::OK);
     assert_eq!(server.stop().code(), Some(0));
 }
 
@@ -236,7 +303,9 @@ fn bad_configuration_is_one_line_and_exit_code_2() {
         "sqlite://{}",
         dir.path().join("missing-dir/keys.db").display()
     );
-    let cases: [(&str, Vec<&str>, Vec<(&str, &str)>, &str); 9] = [
+    // (what, flags, environment, a word the message must contain)
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 9] = [
         (
             "bad address",
             vec!["--listen", "localhost"],
@@ -358,6 +427,47 @@ fn help_names_every_flag_and_its_environment_variable() {
     );
 }
 
+/// Waits (bounded) until `server` refuses `key` with 401, after accepting it until then.
+async fn wait_until_refused(server: &KeygateServe, key: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, _) = get(&server.url("/v1/authz"), Some(key)).await;
+        if status == StatusCode::UNAUTHORIZED {
+            return;
+        }
+        assert_eq!(status, StatusCode::OK, "{what}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the revoked key is still accepted; logs:\n{}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sqlite_revocations_by_another_process_reach_the_cache_by_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let a = KeygateServe::spawn(&with_key_api(&db, &[]), &[]);
+    let b = KeygateServe::spawn(
+        &with_key_api(
+            &db,
+            &["--cache-ttl", "1h", "--revocation-poll-interval", "50ms"],
+        ),
+        &[],
+    );
+    let user = Uuid::new_v4().to_string();
+    let (id, key) = create_user_key(&a, &user).await;
+    // B caches the valid verdict for an hour…
+    assert_eq!(get(&b.url("/v1/authz"), Some(&key)).await.0, StatusCode::OK);
+    // …until A revokes the key and B's poll of the file finds it.
+    revoke_user_key(&a, &id, &user).await;
+    wait_until_refused(&b, &key, "SQLite poll").await;
+    assert_eq!(a.stop().code(), Some(0));
+    assert_eq!(b.stop().code(), Some(0));
+}
+
 #[tokio::test]
 async fn postgres_revocations_reach_a_second_instance() {
     let Some(url) = common::store_suite::database_url() else {
@@ -372,20 +482,73 @@ async fn postgres_revocations_reach_a_second_instance() {
     assert_eq!(status, StatusCode::OK);
     // …until A revokes the key and the database tells B.
     revoke_user_key(&a, &id, &user).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, _, _) = get(&b.url("/v1/authz"), Some(&key)).await;
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        assert_eq!(status, StatusCode::OK);
-        assert!(
-            Instant::now() < deadline,
-            "B still accepts the revoked key; logs:\n{}",
-            b.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_refused(&b, &key, "PostgreSQL feed").await;
     assert_eq!(a.stop().code(), Some(0));
     assert_eq!(b.stop().code(), Some(0));
+}
+
+/// Stack Auth mode against a slow, failing stand-in: a check in flight when SIGTERM arrives
+/// still gets its answer (503, fail closed), and the process then exits 0.
+#[tokio::test]
+async fn stack_auth_mode_fails_closed_and_finishes_requests_in_flight_on_sigterm() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let stub = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stub_url = format!("http://{}", stub.local_addr().unwrap());
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = stub.accept().await else {
+                break;
+            };
+            let seen = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let _ = seen.send(head);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let mut server = KeygateServe::spawn(
+        &["--listen", "127.0.0.1:0", "--stack-api-url", &stub_url],
+        &[
+            ("STACK_PROJECT_ID", PROJECT),
+            ("STACK_SECRET_SERVER_KEY", SECRET),
+        ],
+    );
+    // Readiness: Stack Auth answers HTTP (even a 503), so the service is ready.
+    assert_eq!(get(&server.url("/readyz"), None).await.0, StatusCode::OK);
+    while let Ok(head) = seen_rx.try_recv() {
+        assert!(head.starts_with("GET /api/v1"), "{head}");
+    }
+
+    let key = common::keys::generated(keygate::KeyKind::User, false);
+    let url = server.url("/v1/authz");
+    let secret = key.expose_secret().to_owned();
+    let in_flight = tokio::spawn(async move { get(&url, Some(&secret)).await });
+    let head = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+        .await
+        .expect("keygate asked Stack Auth")
+        .unwrap();
+    assert!(
+        head.starts_with("POST /api/v1/user-api-keys/check"),
+        "{head}"
+    );
+    let status = tokio::task::spawn_blocking(move || server.signal("TERM"))
+        .await
+        .unwrap();
+    let (answer, headers, _) = in_flight.await.expect("the request in flight was answered");
+    assert_eq!(answer, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&headers, "x-keygate-reason"), "VERIFIER_UNAVAILABLE");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(status.code(), Some(0));
 }

@@ -15,7 +15,7 @@
 //!   limited: 429 + `Retry-After` (or 403, [`ForwardAuth::limit_status`]) with reason
 //!   `RATE_LIMITED`.
 //! - **Original request** (for [`allow_preflight`](ForwardAuth::allow_preflight) and the
-//!   `original_method`/`original_path` span fields): from a [trusted](TrustedProxies) peer,
+//!   `original_method`/`original_uri` fields of the `keygate.authz` span): from a [trusted](TrustedProxies) peer,
 //!   `X-Forwarded-Method`/`X-Forwarded-Uri`, else `X-Original-Method` +
 //!   `X-Original-URI`/`X-Original-URL`; otherwise the request's own method and its path after
 //!   `/v1/authz` (Envoy's `path_prefix`). The query is never logged (it may hold a key).
@@ -369,7 +369,7 @@ async fn authz(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     let span = tracing::info_span!(
         "keygate.authz",
         original_method = %original.method,
-        original_path = %original.path,
+        original_uri = %original.path,
         trusted_peer = trusted,
     );
     let require = match shared.require.narrow(request.headers().get(REQUIRE)) {
@@ -392,10 +392,12 @@ async fn authz(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         std::future::poll_fn(|cx| Service::<Request>::poll_ready(&mut guard, cx)).await?;
         guard.call(request).await
     };
-    match answer.instrument(span).await {
+    let response = match answer.instrument(span.clone()).await {
         Ok(response) => response,
         Err(never) => match never {},
-    }
+    };
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "authz answered"));
+    response
 }
 
 /// The 200: empty body, no-store, all four identity headers.

@@ -27,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// `serve` has many flags; the enum is built once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the forward-auth service (and the key API, health and metrics endpoints).

@@ -2,29 +2,30 @@
 //! `/metrics`.
 
 use std::io::Write;
-use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::Router;
 use clap::Args;
-use keygate::forward_auth::{ForwardAuth, Require, TrustedProxies};
-use keygate::rate_limit::{PrincipalKey, Quota};
-use keygate::server::{key_server, KeyServerConfig};
-use keygate::stack_auth::{StackAuthConfig, StackAuthVerifier};
-use keygate::{CachedVerifier, KeyExtractor, KeyVerifier, PostgresKeyStore, SqliteKeyStore};
+use keygate::forward_auth::ForwardAuth;
+use keygate::server::key_server;
+use keygate::stack_auth::StackAuthVerifier;
+use keygate::{CachedVerifier, KeyVerifier};
 use tokio::sync::watch;
 
-use crate::duration::parse_duration;
 use crate::ops::{self, Readiness};
-use crate::store::{parse_location, DatabaseArgs, Location};
+use crate::store::{DatabaseArgs, Store};
 use crate::Failure;
+
+#[path = "serve_config.rs"]
+mod config;
+
+use config::{config_error, Backend, Config};
 
 /// Flags of `keygate serve`. Every flag can also be set by the environment variable named in
 /// `--help`; a flag on the command line wins.
 #[derive(Debug, Args)]
 #[command(
-    long_about = "Run the forward-auth service: point your proxy's auth request at \
+    after_help = "Point your proxy's auth request at \
 http://LISTEN/v1/authz (nginx auth_request, Traefik ForwardAuth, Caddy forward_auth, Envoy \
 ext_authz with path_prefix /v1/authz). A request with a valid API key gets 200 and the \
 X-Keygate-Key-Id, -Key-Type, -User-Id and -Team-Id headers; otherwise 401/403 (or 503 when keys \
@@ -196,179 +197,6 @@ pub(crate) struct ServeArgs {
     log: String,
 }
 
-/// Where keys are checked.
-enum Backend<'a> {
-    Database(Location<'a>),
-    StackAuth(StackAuthConfig),
-}
-
-/// Everything checked before anything runs.
-struct Config<'a> {
-    listen: SocketAddr,
-    admin_listen: Option<SocketAddr>,
-    backend: Backend<'a>,
-    #[allow(dead_code)] // TODO(fleet): read by the SQLite revocation feed once it lands.
-    poll_interval: Duration,
-    key_api: Option<KeyServerConfig>,
-    cache_ttl: Duration,
-    negative_cache_ttl: Duration,
-    /// The forward-auth router's settings, minus the verifier.
-    policy: Policy,
-}
-
-struct Policy {
-    require: Require,
-    allow_public_keys: bool,
-    allow_preflight: bool,
-    extractor: KeyExtractor,
-    trusted: TrustedProxies,
-    rate_limit: Option<(NonZeroU32, NonZeroU32, PrincipalKey)>,
-    refusal_limit: Option<Quota>,
-    limit_status: axum::http::StatusCode,
-}
-
-fn config_error(message: String) -> Failure {
-    Failure::Config(message)
-}
-
-fn address(flag: &str, text: &str) -> Result<SocketAddr, Failure> {
-    text.trim().parse().map_err(|_| {
-        config_error(format!(
-            "{flag} {text:?} is not an address: write IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
-        ))
-    })
-}
-
-fn duration(flag: &str, text: &str) -> Result<Duration, Failure> {
-    parse_duration(text).map_err(|e| config_error(format!("{flag}: {e}")))
-}
-
-fn positive(flag: &str, text: &str) -> Result<NonZeroU32, Failure> {
-    text.trim()
-        .parse()
-        .map_err(|_| config_error(format!("{flag} {text:?} is not a whole number above 0")))
-}
-
-impl ServeArgs {
-    /// Checks every flag; the first problem is a one-line [`Failure::Config`].
-    fn config(&self) -> Result<Config<'_>, Failure> {
-        let listen = address("--listen", &self.listen)?;
-        let admin_listen = match &self.admin_listen {
-            Some(text) => Some(address("--admin-listen", text)?),
-            None => None,
-        };
-        let backend =
-            match (&self.stack_project_id, &self.stack_secret_server_key) {
-                (Some(project), Some(secret))
-                    if !project.trim().is_empty() && !secret.trim().is_empty() =>
-                {
-                    if self.secret_server_key.is_some() {
-                        return Err(config_error(
-                        "--secret-server-key serves the key API over the database, which Stack \
-                         Auth mode does not use: drop it, or drop --stack-project-id"
-                            .into(),
-                    ));
-                    }
-                    Backend::StackAuth(
-                        StackAuthConfig::new(project.trim(), secret.trim())
-                            .base_url(self.stack_api_url.trim()),
-                    )
-                }
-                (None, None) => Backend::Database(parse_location(&self.database.database_url)?),
-                (Some(_), _) => return Err(config_error(
-                    "Stack Auth mode needs both --stack-project-id and --stack-secret-server-key \
-                     (STACK_SECRET_SERVER_KEY); set the secret, or unset the project id"
-                        .into(),
-                )),
-                (None, Some(_)) => return Err(config_error(
-                    "--stack-secret-server-key is set but --stack-project-id (STACK_PROJECT_ID) \
-                     is not: set both for Stack Auth mode, or neither"
-                        .into(),
-                )),
-            };
-        let key_api = match &self.secret_server_key {
-            Some(secret) => Some(
-                KeyServerConfig::new(self.project_id.clone(), secret.clone())
-                    .map_err(|e| config_error(format!("--secret-server-key: {e}")))?,
-            ),
-            None => None,
-        };
-        let require: Require = self
-            .require
-            .parse()
-            .map_err(|e| config_error(format!("--require: {e}")))?;
-        let extractor = match &self.key_header {
-            Some(name) => {
-                let name =
-                    axum::http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-                        config_error(format!("--key-header {name:?} is not a header name"))
-                    })?;
-                KeyExtractor::new().bearer(false).header(name)
-            }
-            None => KeyExtractor::new(),
-        };
-        let trusted = TrustedProxies::parse(&self.trusted_proxies)
-            .map_err(|e| config_error(format!("--trusted-proxies: {e}")))?;
-        let by = match self.rate_limit_by.trim() {
-            "key" => PrincipalKey::per_key(),
-            "owner" => PrincipalKey::per_owner(),
-            other => {
-                return Err(config_error(format!(
-                    "--rate-limit-by {other:?}: expected key or owner"
-                )))
-            }
-        };
-        let rate_limit = match &self.rate_limit {
-            Some(rate) => {
-                let rate = positive("--rate-limit", rate)?;
-                let burst = match &self.rate_limit_burst {
-                    Some(burst) => positive("--rate-limit-burst", burst)?,
-                    None => rate,
-                };
-                Some((rate, burst, by))
-            }
-            None if self.rate_limit_burst.is_some() => {
-                return Err(config_error(
-                    "--rate-limit-burst needs --rate-limit (requests per second per key)".into(),
-                ))
-            }
-            None => None,
-        };
-        let refusal_limit = match &self.refusal_limit {
-            Some(n) => Some(Quota::per_minute(positive("--refusal-limit", n)?)),
-            None => None,
-        };
-        let limit_status = match self.limit_status.trim() {
-            "429" => axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "403" => axum::http::StatusCode::FORBIDDEN,
-            other => {
-                return Err(config_error(format!(
-                    "--limit-status {other:?}: expected 429 or 403"
-                )))
-            }
-        };
-        Ok(Config {
-            listen,
-            admin_listen,
-            backend,
-            poll_interval: duration("--revocation-poll-interval", &self.revocation_poll_interval)?,
-            key_api,
-            cache_ttl: duration("--cache-ttl", &self.cache_ttl)?,
-            negative_cache_ttl: duration("--negative-cache-ttl", &self.negative_cache_ttl)?,
-            policy: Policy {
-                require,
-                allow_public_keys: self.allow_public_keys,
-                allow_preflight: self.allow_preflight,
-                extractor,
-                trusted,
-                rate_limit,
-                refusal_limit,
-                limit_status,
-            },
-        })
-    }
-}
-
 /// Installs the log subscriber (stderr).
 fn init_logs(filter: &str) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -405,54 +233,50 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Failure> {
             let cache = cached(&config, verifier);
             run_with(&config, cache, None, readiness, None).await
         }
-        Backend::Database(Location::Postgres(url)) => {
-            let store = PostgresKeyStore::connect(*url).await.map_err(|e| {
-                Failure::Runtime(format!("cannot open the PostgreSQL key database: {e}"))
-            })?;
-            let cache = cached(&config, store.clone());
-            let feed = keygate::fleet::PgRevocationFeed::for_pool(store.pool())
-                .spawn(&cache)
-                .map_err(|e| Failure::Runtime(format!("cannot start the revocation feed: {e}")))?;
-            let readiness = Readiness::Postgres(store.pool().clone());
-            let api = key_api(&config, store);
-            run_with(&config, cache, api, readiness, Some(feed)).await
-        }
-        Backend::Database(location) => {
-            let (store, what) = match location {
-                Location::SqliteFile(path) => (SqliteKeyStore::open(path).await, *path),
-                _ => (SqliteKeyStore::in_memory().await, ":memory:"),
-            };
-            let store = store.map_err(|e| {
-                config_error(format!(
-                    "cannot open the SQLite key database {what:?} ({e}): check --database-url, \
-                     the directory and its permissions"
-                ))
-            })?;
-            let cache = cached(&config, store.clone());
-            // TODO(fleet): keygate::fleet::SqliteRevocationFeed (branch `fleet`) has not landed
-            // yet; once it has, spawn it here on the cache with `config.poll_interval`, so that
-            // `keygate keys revoke` in another process reaches this cache before the TTL.
-            let readiness = Readiness::Sqlite(store.pool().clone());
-            let api = key_api(&config, store);
-            run_with(&config, cache, api, readiness, None).await
-        }
+        Backend::Database => match args.database.open().await? {
+            Store::Postgres(store) => {
+                let cache = cached(&config, store.clone());
+                let feed = keygate::fleet::PgRevocationFeed::for_pool(store.pool())
+                    .spawn(&cache)
+                    .map_err(|e| {
+                        Failure::Runtime(format!("cannot start the revocation feed: {e}"))
+                    })?;
+                let readiness = Readiness::Postgres(store.pool().clone());
+                let api = key_api(&config, store);
+                run_with(&config, cache, api, readiness, Some(feed)).await
+            }
+            Store::Sqlite(store) => {
+                let cache = cached(&config, store.clone());
+                // Revocations by other processes on the same file (`keygate keys revoke`,
+                // another `serve`) reach this cache within about one poll interval.
+                let feed = keygate::fleet::SqliteRevocationFeed::for_pool(store.pool())
+                    .poll_interval(config.poll_interval)
+                    .spawn(&cache)
+                    .map_err(|e| {
+                        Failure::Runtime(format!("cannot start the revocation feed: {e}"))
+                    })?;
+                let readiness = Readiness::Sqlite(store.pool().clone());
+                let api = key_api(&config, store);
+                run_with(&config, cache, api, readiness, Some(feed)).await
+            }
+        },
     }
 }
 
-fn cached<V: KeyVerifier>(config: &Config<'_>, verifier: V) -> CachedVerifier<V> {
+fn cached<V: KeyVerifier>(config: &Config, verifier: V) -> CachedVerifier<V> {
     CachedVerifier::builder(verifier)
         .ttl(config.cache_ttl)
         .negative_ttl(config.negative_cache_ttl)
         .build()
 }
 
-fn key_api<S: keygate::KeyStore>(config: &Config<'_>, store: S) -> Option<Router> {
+fn key_api<S: keygate::KeyStore>(config: &Config, store: S) -> Option<Router> {
     config.key_api.clone().map(|api| key_server(store, api))
 }
 
 /// Serves until a signal, with `cache` behind the forward-auth router.
 async fn run_with<V: KeyVerifier>(
-    config: &Config<'_>,
+    config: &Config,
     cache: CachedVerifier<V>,
     key_api: Option<Router>,
     readiness: Readiness,
