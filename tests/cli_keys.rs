@@ -7,9 +7,12 @@
 
 mod common;
 
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::cli::{check_key, code, create_key, key_id, keys, revoke_key, stderr, stdout, CliDb};
+use common::keygate_bin::KeygateServe;
 use common::keys::{unknown_secret, with_bad_checksum};
 use keygate::key::{ApiKey, KeyKind, MARKER};
 use serde_json::Value;
@@ -178,7 +181,82 @@ fn expired_key(db: &str) {
     assert!(stderr(&refused).contains("expired"), "{}", stderr(&refused));
 }
 
+/// `GET /v1/authz` on `addr` with `key` as a bearer token: the status and `X-Keygate-Reason`.
+fn authz(addr: SocketAddr, key: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /v1/authz HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {key}\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let reason = response
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-keygate-reason")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, reason)
+}
+
+/// A key revoked with `keygate keys revoke` is refused by a `keygate serve` already running on
+/// the same database, although that service cached it as valid for an hour.
+fn revocation_reaches_a_running_service(db: &str) {
+    let key = create_key(db, "--user", &new_id(), &[]);
+    let server = KeygateServe::spawn(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            db,
+            "--cache-ttl",
+            "1h",
+            "--revocation-poll-interval",
+            "100ms",
+        ],
+        &[],
+    );
+    assert_eq!(authz(server.addr(), &key), (200, String::new()));
+    revoke_key(db, &key_id(&key));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        let answer = authz(server.addr(), &key);
+        if answer.0 != 200 {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still accepted 15 s after `keys revoke`; logs:\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(refused, (401, "API_KEY_INVALID".to_owned()));
+    let logs = server.stderr();
+    assert_eq!(server.stop().code(), Some(0), "{logs}");
+    assert!(!logs.contains(MARKER), "a key in the logs:\n{logs}");
+}
+
 // ---- SQLite ------------------------------------------------------------------------------
+
+#[test]
+#[ignore = "needs `keygate serve` to run SqliteRevocationFeed (TODO(fleet) in serve.rs)"]
+fn sqlite_revocation_reaches_a_running_service() {
+    let db = CliDb::sqlite();
+    revocation_reaches_a_running_service(&db.url);
+}
 
 #[test]
 fn sqlite_create_list_check_revoke() {
@@ -377,6 +455,12 @@ fn postgres_team_public_expiring_key() {
 fn postgres_expired_key_is_refused() {
     let Some(db) = CliDb::postgres() else { return };
     expired_key(&db.url);
+}
+
+#[test]
+fn postgres_revocation_reaches_a_running_service() {
+    let Some(db) = CliDb::postgres() else { return };
+    revocation_reaches_a_running_service(&db.url);
 }
 
 #[test]
