@@ -12,12 +12,14 @@
 //! | `keygate_cache_hits_total` | counter | | answered by a cached valid verdict |
 //! | `keygate_cache_negative_hits_total` | counter | | answered by a cached invalid verdict |
 //! | `keygate_cache_misses_total` | counter | | found nothing cached |
+//! | `keygate_cache_evictions_total` | counter | `tier`, `cause` | cached verdicts dropped for capacity or at the end of their TTL |
 //! | `keygate_verifier_calls_total` | counter | | calls of the verifier a [`CachedVerifier`](crate::CachedVerifier) wraps |
 //! | `keygate_verifier_errors_total` | counter | `kind` | those calls that failed |
 //! | `keygate_verifier_duration_seconds` | histogram | | how long those calls took |
 //! | `keygate_stack_auth_breaker_state` | gauge | `route` | 0 closed, 1 open, 2 half-open (probing) |
 //! | `keygate_fleet_revocations_total` | counter | `feed` | revocations a fleet feed received |
 //! | `keygate_fleet_ignored_payloads_total` | counter | `feed` | feed payloads that were not a key id |
+//! | `keygate_fleet_revocation_lag_seconds` | histogram | `feed` | from a revocation's change (the database's, or the publisher's, clock) to the feed's invalidation |
 //!
 //! Label values:
 //! - `outcome`: `pass` (a valid key), `anonymous` (no key, let through in optional mode),
@@ -29,9 +31,21 @@
 //! - `kind` on verifier errors: `timeout`, `transport`, `upstream`, `misconfigured`,
 //!   `circuit_open`, `store`.
 //! - `route`: `user`, `team`. `feed`: `postgres`, `redis`, `sqlite`.
+//! - `tier`: `valid` (valid verdicts), `invalid` (invalid verdicts, bounded apart). `cause`:
+//!   `size` (evicted for capacity), `expired` (TTL, or the key's own expiry, reached).
 //!
-//! Not measured: cache evictions (the caches register no eviction listener, which would cost on
-//! every insert), and a feed's lag (its payload is the bare key id, with no revocation time).
+//! The lag is recorded for payloads that carry the revocation's time (the current trigger and
+//! publisher send it; a bare key id from an older one counts as a revocation, without a lag),
+//! clamped at zero when the sender's clock runs ahead, and dropped past a day (a clock gone
+//! wrong). It spans two clocks: on one host it is exact, across hosts it is as good as their
+//! clock sync.
+//!
+//! Evictions are counted by an eviction listener on the caches, registered only with this
+//! feature (without it the caches have none, and their inserts pay nothing for it). Explicit
+//! invalidations (revocations, `invalidate*`, feeds) and verdicts replaced by newer ones are not
+//! evictions. Moka reports an eviction when it does its housekeeping (on later reads and writes,
+//! or `CachedVerifier::run_pending_tasks`), not the instant a TTL ends; a valid verdict's expiry
+//! (its own per entry) is seen within about a second of it.
 //!
 //! Spans (on by default; no feature needed), created as children of the current span, so a
 //! `TraceLayer`'s request span contains them:
@@ -269,6 +283,29 @@ pub(crate) fn breaker_state(route: KeyKind, state: f64) {
         KeyKind::Team => {
             ::metrics::gauge!("keygate_stack_auth_breaker_state", "route" => "team").set(state)
         }
+    }
+}
+
+/// A cache tier (`valid`, else `invalid`) dropped an entry. Counted: evictions for capacity
+/// (`size`) and at the end of a TTL or of the key's validity (`expired`); not explicit
+/// invalidations, nor entries replaced by a newer verdict.
+#[cfg(feature = "metrics")]
+pub(crate) fn cache_eviction(valid: bool, cause: moka::notification::RemovalCause) {
+    use moka::notification::RemovalCause;
+    match (valid, cause) {
+        (true, RemovalCause::Size) => {
+            count!("keygate_cache_evictions_total", "tier" => "valid", "cause" => "size")
+        }
+        (true, RemovalCause::Expired) => {
+            count!("keygate_cache_evictions_total", "tier" => "valid", "cause" => "expired")
+        }
+        (false, RemovalCause::Size) => {
+            count!("keygate_cache_evictions_total", "tier" => "invalid", "cause" => "size")
+        }
+        (false, RemovalCause::Expired) => {
+            count!("keygate_cache_evictions_total", "tier" => "invalid", "cause" => "expired")
+        }
+        (_, RemovalCause::Explicit | RemovalCause::Replaced) => {}
     }
 }
 

@@ -307,42 +307,30 @@ async fn a_database_without_the_log_migrates_and_an_older_keygate_still_opens_it
 #[cfg(feature = "metrics")]
 #[test]
 fn the_feed_counts_revocations_and_records_their_lag() {
-    use metrics_exporter_prometheus::PrometheusBuilder;
+    use common::recorded::{recorded, sample};
 
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let (server, cli, _dir) = two_processes().await;
-            let cache = CachedVerifier::builder(server.clone()).ttl(TTL).build();
-            let feed = SqliteRevocationFeed::for_pool(server.pool())
-                .poll_interval(POLL)
-                .spawn(&cache)
+    let rendered = recorded(|| async {
+        let (server, cli, _dir) = two_processes().await;
+        let cache = CachedVerifier::builder(server.clone()).ttl(TTL).build();
+        let feed = SqliteRevocationFeed::for_pool(server.pool())
+            .poll_interval(POLL)
+            .spawn(&cache)
+            .unwrap();
+        started(&feed).await;
+        for i in 0..3 {
+            let created = cli
+                .create(Owner::user("user-1"), NewKey::new(format!("k{i}")))
+                .await
                 .unwrap();
-            started(&feed).await;
-            for i in 0..3 {
-                let created = cli
-                    .create(Owner::user("user-1"), NewKey::new(format!("k{i}")))
-                    .await
-                    .unwrap();
-                warm(&cache, &created.key).await;
-                cli.revoke(created.record.id).await.unwrap();
-                until_refused(&cache, &created.key).await;
-            }
-            assert!(feed.wait_for(WAIT, |s| s.events == 3).await);
-            feed.shutdown().await;
-        })
+            warm(&cache, &created.key).await;
+            cli.revoke(created.record.id).await.unwrap();
+            until_refused(&cache, &created.key).await;
+        }
+        assert!(feed.wait_for(WAIT, |s| s.events == 3).await);
+        feed.shutdown().await;
     });
-    let rendered = handle.render();
     let sample = |series: &str| {
-        rendered
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no `{series}` in:\n{rendered}"))
+        sample(&rendered, series).unwrap_or_else(|| panic!("no `{series}` in:\n{rendered}"))
     };
     assert_eq!(
         sample("keygate_fleet_revocations_total{feed=\"sqlite\"}"),

@@ -238,3 +238,72 @@ fn a_revoked_id_is_not_cached_valid_even_by_a_later_lookup() {
         assert_eq!(cache.get_ref().calls.load(Ordering::SeqCst), 2);
     });
 }
+
+/// Evictions, as a Prometheus recorder on this thread renders them: capacity and TTL count,
+/// per tier; explicit invalidations do not.
+#[cfg(feature = "metrics")]
+#[test]
+fn evictions_for_capacity_and_ttl_are_counted_and_invalidations_are_not() {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let series = |tier: &str, cause: &str| {
+        let name = format!("keygate_cache_evictions_total{{tier=\"{tier}\",cause=\"{cause}\"}}");
+        let rendered = handle.render();
+        rendered
+            .lines()
+            .find_map(|line| line.strip_prefix(name.as_str())?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    metrics::with_local_recorder(&recorder, || {
+        block_on(async {
+            // Capacity: 200 valid keys into room for 5, 200 unknown ones into room for 5.
+            let valid = CachedVerifier::builder(fixed(true)).max_entries(5).build();
+            let invalid = CachedVerifier::builder(fixed(false))
+                .max_negative_entries(5)
+                .build();
+            for _ in 0..200 {
+                assert!(valid.verify(&key()).await.expect("verify").is_valid());
+                assert!(!invalid.verify(&key()).await.expect("verify").is_valid());
+            }
+            valid.run_pending_tasks();
+            invalid.run_pending_tasks();
+        });
+    });
+    assert!(series("valid", "size") >= 150.0, "{}", handle.render());
+    assert!(series("invalid", "size") >= 150.0, "{}", handle.render());
+    assert_eq!(series("valid", "expired"), 0.0);
+
+    metrics::with_local_recorder(&recorder, || {
+        block_on(async {
+            // TTL: entries that outlive it are counted once moka does its housekeeping.
+            let cache = CachedVerifier::builder(fixed(true))
+                .ttl(Duration::from_millis(20))
+                .build();
+            let negative = CachedVerifier::builder(fixed(false))
+                .negative_ttl(Duration::from_millis(20))
+                .build();
+            for _ in 0..3 {
+                cache.verify(&key()).await.expect("verify");
+                negative.verify(&key()).await.expect("verify");
+            }
+            // Explicit invalidation: not an eviction.
+            let revoked = key();
+            cache.verify(&revoked).await.expect("verify");
+            cache.invalidate(&revoked);
+            cache.run_pending_tasks();
+            // Per-entry expiries sit in moka's timer wheel, whose finest slots span about a
+            // second: wait for housekeeping to reach them, for at most 10 s.
+            let start = std::time::Instant::now();
+            while series("valid", "expired") < 3.0 && start.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                cache.run_pending_tasks();
+            }
+            negative.run_pending_tasks();
+        });
+    });
+    assert_eq!(series("valid", "expired"), 3.0, "{}", handle.render());
+    assert_eq!(series("invalid", "expired"), 3.0, "{}", handle.render());
+    assert!(!handle.render().contains("explicit"), "{}", handle.render());
+}

@@ -35,15 +35,21 @@ impl Tiers {
         max_entries: u64,
         max_negative_entries: u64,
     ) -> Self {
+        let valid = Cache::builder()
+            .max_capacity(max_entries)
+            .expire_after(ValidExpiry);
+        let invalid = Cache::builder()
+            .max_capacity(max_negative_entries)
+            .time_to_live(negative_ttl);
+        // Evictions are counted with the `metrics` feature only: without it, no listener at all.
+        #[cfg(feature = "metrics")]
+        let (valid, invalid) = (
+            valid.eviction_listener(|_, _, cause| crate::metrics::cache_eviction(true, cause)),
+            invalid.eviction_listener(|_, _, cause| crate::metrics::cache_eviction(false, cause)),
+        );
         Self {
-            valid: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(ValidExpiry)
-                .build(),
-            invalid: Cache::builder()
-                .max_capacity(max_negative_entries)
-                .time_to_live(negative_ttl)
-                .build(),
+            valid: valid.build(),
+            invalid: invalid.build(),
             bars: Arc::new(Bars::new(
                 ttl,
                 negative_ttl,

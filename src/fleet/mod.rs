@@ -3,9 +3,9 @@
 //! second whatever the cache's TTL.
 //!
 //! - [`PgRevocationFeed`] (feature `postgres`) listens on a PostgreSQL channel (`LISTEN`). The
-//!   store's trigger sends `pg_notify(channel, key_id)` in the transaction that revokes a key
-//!   (or changes its expiry, or deletes it), so the notification goes out when the change
-//!   commits, and not before.
+//!   store's trigger sends `pg_notify(channel, "<key_id> <millis>")` in the transaction that
+//!   revokes a key (or changes its expiry, or deletes it), so the notification goes out when
+//!   the change commits, and not before.
 //! - [`RedisRevocationFeed`] (feature `redis`) subscribes to a Redis channel, for fleets that
 //!   verify through Stack Auth and have no PostgreSQL of their own; a
 //!   [`RedisRevocationPublisher`] publishes the ids of the keys revoked through a

@@ -21,9 +21,9 @@ const MAX_CHANNEL_LEN: usize = 63;
 
 /// Listens for revoked key ids on a PostgreSQL channel and drops them from a cache.
 ///
-/// The store's trigger calls `pg_notify(channel, key_id)` in the transaction that revokes a
-/// key, changes its expiry or deletes it: PostgreSQL delivers the notification when (and only
-/// if) that transaction commits. One dedicated connection per feed (not taken from your
+/// The store's trigger calls `pg_notify(channel, "<key_id> <millis>")` in the transaction that
+/// revokes a key, changes its expiry or deletes it: PostgreSQL delivers the notification when
+/// (and only if) that transaction commits. One dedicated connection per feed (not taken from your
 /// pool); it shows as [`DEFAULT_APPLICATION_NAME`] in `pg_stat_activity`.
 ///
 /// ```no_run

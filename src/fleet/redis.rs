@@ -266,7 +266,8 @@ impl RedisRevocationPublisher {
         &self.inner.channel
     }
 
-    /// Publishes `key_id`. Answers how many subscribers Redis handed it to.
+    /// Publishes `key_id`, followed by the time now in milliseconds since the Unix epoch (which
+    /// feeds turn into their lag histogram). Answers how many subscribers Redis handed it to.
     pub async fn publish(&self, key_id: Uuid) -> Result<u64, PublishError> {
         self.inner.publish(key_id).await
     }
@@ -277,7 +278,7 @@ impl PublisherInner {
         let mut conn = self.conn.clone();
         let command = redis::cmd("PUBLISH")
             .arg(&self.channel)
-            .arg(key_id.hyphenated().to_string())
+            .arg(payload(key_id, std::time::SystemTime::now()))
             .to_owned();
         match tokio::time::timeout(self.timeout, command.query_async::<u64>(&mut conn)).await {
             Ok(Ok(receivers)) => Ok(receivers),
@@ -285,6 +286,15 @@ impl PublisherInner {
             Err(_) => Err(PublishError::Timeout),
         }
     }
+}
+
+/// `<key id> <millis>`: what the publisher sends.
+pub(super) fn payload(key_id: Uuid, now: std::time::SystemTime) -> String {
+    let millis = now
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|since| since.as_millis())
+        .unwrap_or(0);
+    format!("{} {millis}", key_id.hyphenated())
 }
 
 impl std::fmt::Debug for RedisRevocationPublisher {

@@ -312,3 +312,35 @@ fn spawn_outside_a_runtime_is_an_error_not_a_panic() {
         .expect_err("no runtime");
     assert!(matches!(err, FeedError::NoRuntime));
 }
+
+#[test]
+fn lag_is_clamped_at_zero_and_dropped_past_a_day() {
+    let at = 1_764_547_200_000_i64;
+    let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(at as u64);
+    assert_eq!(driver::lag(at - 250, now), Some(Duration::from_millis(250)));
+    // The sender's clock runs ahead of ours.
+    assert_eq!(driver::lag(at + 5_000, now), Some(Duration::ZERO));
+    assert_eq!(
+        driver::lag(at - 86_400_000, now),
+        Some(Duration::from_secs(86_400))
+    );
+    assert_eq!(driver::lag(at - 86_400_001, now), None);
+    assert_eq!(driver::lag(i64::MIN, now), None);
+    assert_eq!(driver::lag(i64::MAX, now), Some(Duration::ZERO));
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn the_redis_publisher_sends_the_key_id_and_the_time() {
+    let id = Uuid::new_v4();
+    let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_547_200_123);
+    let payload = super::redis::payload(id, now);
+    assert_eq!(payload, format!("{id} 1764547200123"));
+    assert_eq!(
+        parse_payload(&payload),
+        Some(Revoked {
+            key_id: id,
+            at_millis: Some(1_764_547_200_123)
+        })
+    );
+}

@@ -23,6 +23,7 @@
 //! | --- | --- | --- |
 //! | `20261201000001` | both | the `keygate_api_keys` table (PostgreSQL: and its revocation trigger) |
 //! | `20261201000002` | SQLite | the `keygate_revocation_log` table and its triggers, which `SqliteRevocationFeed` reads |
+//! | `20261201000002` | PostgreSQL | the revocation notification carries the time of the change after the key id |
 //!
 //! A database made by an older keygate is brought up to date when it opens. keygate ignores
 //! migrations it does not know, so an older keygate still opens a newer database (its writes go

@@ -6,8 +6,9 @@
 //! of the `(owner_kind, owner_id, created_at DESC)` index.
 //!
 //! Every change of a key's `revoked_at` or `expires_at`, and every deletion, sends the key's id
-//! on channel [`REVOCATION_CHANNEL`] from a trigger, in the writing transaction: instances that
-//! `LISTEN` hear of a revocation exactly when it commits, whoever made it.
+//! (and the time of the change) on channel [`REVOCATION_CHANNEL`] from a trigger, in the writing
+//! transaction: instances that `LISTEN` hear of a revocation exactly when it commits, whoever
+//! made it.
 //!
 //! ```no_run
 //! use keygate::store::{KeyStore, NewKey, PostgresKeyStore};
@@ -43,8 +44,9 @@ use crate::verify::{
 };
 
 /// The channel on which the schema's trigger announces revocations: the payload is the key's
-/// id, nothing else, sent when the revoking (or expiry-changing, or deleting) transaction
-/// commits.
+/// id and the time of the change (`<key id> <milliseconds since the Unix epoch>`, by the
+/// database's clock; the first migration sent the id alone), sent when the revoking (or
+/// expiry-changing, or deleting) transaction commits.
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub const REVOCATION_CHANNEL: &str = crate::fleet::DEFAULT_CHANNEL;
 

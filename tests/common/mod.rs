@@ -19,6 +19,8 @@ pub mod logs;
 pub mod nginx;
 #[cfg(feature = "governor")]
 pub mod rate_limit;
+#[cfg(feature = "metrics")]
+pub mod recorded;
 pub mod rng;
 pub mod tap;
 pub mod verifier;

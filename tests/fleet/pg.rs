@@ -391,3 +391,90 @@ async fn health_checks_keep_an_idle_connection_and_lose_nothing() {
     assert!(status.events >= 1, "{status:?}");
     assert_eq!(status.reconnects, 0, "{status:?}");
 }
+
+fn now_millis() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    i64::try_from(since.as_millis()).expect("millis")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notification_carries_the_key_id_and_the_time_of_the_change() {
+    let Some(db) = Db::start().await else { return };
+    let mut listener = sqlx::postgres::PgListener::connect(db.url())
+        .await
+        .expect("connect");
+    listener.listen(REVOCATION_CHANNEL).await.expect("listen");
+    let key = new_key(&db.admin).await;
+    let id = key.key_id().to_string();
+    let before = now_millis();
+    db.admin.revoke(key.key_id()).await.expect("revoke");
+    let after = now_millis();
+    // Other tests' revocations share the channel: wait for ours.
+    let payload = tokio::time::timeout(WAIT, async {
+        loop {
+            let notification = listener.recv().await.expect("notification");
+            if notification.payload().starts_with(&id) {
+                return notification.payload().to_owned();
+            }
+        }
+    })
+    .await
+    .expect("notified");
+    let (got, millis) = payload.split_once(' ').expect("`<key id> <millis>`");
+    assert_eq!(got, id);
+    let millis: i64 = millis.parse().expect("milliseconds");
+    // The database runs on this host: its clock and ours agree within a second.
+    assert!(
+        (before - 1000..=after + 1000).contains(&millis),
+        "{millis} not within [{before}, {after}]"
+    );
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+fn the_feed_records_one_lag_sample_per_timed_revocation() {
+    use crate::common::recorded::{recorded, sample};
+
+    let ran = std::cell::Cell::new(false);
+    let rendered = recorded(|| async {
+        let Some(db) = Db::start().await else { return };
+        let instance = db.instance(|s| PgRevocationFeed::for_pool(s.pool())).await;
+        // First the bare id older triggers send: a revocation, without a time. PostgreSQL
+        // delivers notifications in commit order, so it arrives before the ones below.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(REVOCATION_CHANNEL)
+            .bind(Uuid::new_v4().to_string())
+            .execute(db.admin.pool())
+            .await
+            .expect("notify");
+        for _ in 0..3 {
+            let key = new_key(&db.admin).await;
+            warm(&[&instance.cache], &key).await;
+            let start = Instant::now();
+            db.admin.revoke(key.key_id()).await.expect("revoke");
+            until_all_refuse(&[&instance.cache], &key, start, WITHIN)
+                .await
+                .expect("refused");
+        }
+        ran.set(true);
+    });
+    if !ran.get() {
+        return;
+    }
+    let revocations = sample(
+        &rendered,
+        "keygate_fleet_revocations_total{feed=\"postgres\"}",
+    )
+    .expect("revocations counted");
+    let lags = sample(
+        &rendered,
+        "keygate_fleet_revocation_lag_seconds_count{feed=\"postgres\"}",
+    )
+    .expect("lag recorded");
+    // Concurrent tests' revocations reach this feed too, each with its time; only the bare id
+    // has none.
+    assert!(revocations >= 4.0, "{rendered}");
+    assert_eq!(lags, revocations - 1.0, "{rendered}");
+}

@@ -350,3 +350,52 @@ async fn health_checks_keep_an_idle_subscription_and_lose_nothing() {
     assert!(status.is_connected(), "{status:?}");
     assert_eq!((status.events, status.reconnects), (1, 0), "{status:?}");
 }
+
+#[cfg(feature = "metrics")]
+#[test]
+fn the_feed_records_one_lag_sample_per_timed_revocation() {
+    use crate::common::recorded::{recorded, sample};
+
+    let ran = std::cell::Cell::new(false);
+    let rendered = recorded(|| async {
+        let Some(world) = World::start().await else {
+            return;
+        };
+        let instance = world.instance(world.feed()).await;
+        let publisher = world.publisher().await;
+        for _ in 0..3 {
+            let receivers = publisher
+                .publish(uuid::Uuid::new_v4())
+                .await
+                .expect("publish");
+            assert_eq!(receivers, 1);
+        }
+        // The bare id older publishers send: a revocation, without a time.
+        let _: u64 = world
+            .command(
+                redis::cmd("PUBLISH")
+                    .arg(&world.channel)
+                    .arg(uuid::Uuid::new_v4().to_string()),
+            )
+            .await;
+        let feed = &instance.feed;
+        assert!(
+            feed.wait_for(WAIT, |s| s.events == 4).await,
+            "{:?}",
+            feed.status()
+        );
+        ran.set(true);
+    });
+    if !ran.get() {
+        return;
+    }
+    let series = |name: &str| {
+        sample(&rendered, &format!("{name}{{feed=\"redis\"}}"))
+            .unwrap_or_else(|| panic!("no {name} in:\n{rendered}"))
+    };
+    assert_eq!(series("keygate_fleet_revocations_total"), 4.0);
+    assert_eq!(series("keygate_fleet_revocation_lag_seconds_count"), 3.0);
+    // Published and received on this host within the test.
+    let sum = series("keygate_fleet_revocation_lag_seconds_sum");
+    assert!((0.0..30.0).contains(&sum), "lag sum {sum}");
+}
