@@ -252,7 +252,6 @@ fn revocation_reaches_a_running_service(db: &str) {
 // ---- SQLite ------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "needs `keygate serve` to run SqliteRevocationFeed (TODO(fleet) in serve.rs)"]
 fn sqlite_revocation_reaches_a_running_service() {
     let db = CliDb::sqlite();
     revocation_reaches_a_running_service(&db.url);

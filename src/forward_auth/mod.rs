@@ -264,6 +264,11 @@ impl<V: KeyVerifier> ForwardAuth<V> {
     /// When `true`, a request whose original method is `OPTIONS` and that carries no key (a
     /// CORS preflight) is allowed, 200 with empty identity headers. A key it does carry must
     /// still be valid. Default `false`.
+    ///
+    /// A trusted proxy that sends both `X-Forwarded-Method` and `X-Original-Method` with
+    /// different values is passing a client's forgery along with its own header: such a
+    /// request is never a preflight. So a proxy that forwards client headers (nginx does) must
+    /// always set its own method header (`X-Original-Method $request_method`).
     pub fn allow_preflight(mut self, allow: bool) -> Self {
         self.allow_preflight = allow;
         self
@@ -371,6 +376,7 @@ async fn authz(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         original_method = %original.method,
         original_uri = %original.path,
         trusted_peer = trusted,
+        conflicting_methods = original.conflicting,
     );
     let require = match shared.require.narrow(request.headers().get(REQUIRE)) {
         Ok(require) => require,
@@ -379,7 +385,8 @@ async fn authz(State(shared): State<Arc<Shared>>, request: Request) -> Response 
             return RejectionResponder::<Body>::respond(&shared.responder, &rejection);
         }
     };
-    let preflight = shared.allow_preflight && original.method == Method::OPTIONS;
+    let preflight =
+        shared.allow_preflight && original.method == Method::OPTIONS && !original.conflicting;
     let index = require.index() * 2 + usize::from(preflight);
     let Some(guard) = shared.guards.get(index) else {
         return RejectionResponder::<Body>::respond(

@@ -217,6 +217,10 @@ pub(crate) struct Original {
     pub(crate) method: Method,
     /// The path, without the query (which may carry a credential, so it is never kept).
     pub(crate) path: String,
+    /// A trusted peer sent both `X-Forwarded-Method` and `X-Original-Method`, and they differ:
+    /// one of them is a client's forgery passed through (nginx forwards every client header;
+    /// Traefik and Caddy do too, except the ones they set), so neither is believed for policy.
+    pub(crate) conflicting: bool,
 }
 
 impl Original {
@@ -227,12 +231,20 @@ impl Original {
         let own_method = request.method();
         let headers = request.headers();
         if trusted {
-            if let Some(found) = from_headers(
+            let conflicting = match (
+                headers.get(X_FORWARDED_METHOD),
+                headers.get(X_ORIGINAL_METHOD),
+            ) {
+                (Some(forwarded), Some(original)) => forwarded != original,
+                _ => false,
+            };
+            if let Some(mut found) = from_headers(
                 headers,
                 own_method,
                 &X_FORWARDED_METHOD,
                 &[&X_FORWARDED_URI],
             ) {
+                found.conflicting = conflicting;
                 return found;
             }
             if let Some(found) = from_headers(
@@ -248,6 +260,7 @@ impl Original {
         let rest = path.strip_prefix(prefix).unwrap_or(path);
         Original {
             method: own_method.clone(),
+            conflicting: false,
             path: if rest.is_empty() {
                 "/".to_owned()
             } else {
@@ -274,6 +287,7 @@ fn from_headers(
         return None;
     }
     Some(Original {
+        conflicting: false,
         method: method_value.unwrap_or_else(|| own_method.clone()),
         path: uri_value.map_or_else(|| "/".to_owned(), path_of),
     })
@@ -371,6 +385,27 @@ mod tests {
     }
 
     #[test]
+    fn disagreeing_method_headers_are_a_conflict() {
+        let request = from(
+            "127.0.0.1:1",
+            &[
+                ("x-original-method", "GET"),
+                ("x-forwarded-method", "OPTIONS"),
+            ],
+        );
+        let original = Original::read(&request, true, "/v1/authz");
+        assert!(original.conflicting);
+        let request = from(
+            "127.0.0.1:1",
+            &[
+                ("x-original-method", "OPTIONS"),
+                ("x-forwarded-method", "OPTIONS"),
+            ],
+        );
+        assert!(!Original::read(&request, true, "/v1/authz").conflicting);
+    }
+
+    #[test]
     fn nginx_headers_and_absolute_urls() {
         let request = from(
             "127.0.0.1:1",
@@ -383,6 +418,7 @@ mod tests {
         let original = Original::read(&request, true, "/v1/authz");
         assert_eq!(original.method, Method::POST);
         assert_eq!(original.path, "/a/b");
+        assert!(!original.conflicting);
         let trusted = TrustedProxies::loopback();
         assert_eq!(
             trusted.client_ip(&request),

@@ -15,7 +15,6 @@
 //! Exit codes: 0 done (or valid), 1 a negative answer (key not valid, key id unknown), 2 bad
 //! usage or configuration (including an empty stdin for `check`), 3 the database failed.
 
-#[path = "keys_output.rs"]
 mod output;
 
 use std::io::{self, BufRead, IsTerminal, Read};

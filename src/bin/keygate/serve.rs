@@ -16,7 +16,6 @@ use crate::ops::{self, Readiness};
 use crate::store::{DatabaseArgs, Store};
 use crate::Failure;
 
-#[path = "serve_config.rs"]
 mod config;
 
 use config::{config_error, Backend, Config};
@@ -24,16 +23,14 @@ use config::{config_error, Backend, Config};
 /// Flags of `keygate serve`. Every flag can also be set by the environment variable named in
 /// `--help`; a flag on the command line wins.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Point your proxy's auth request at \
+#[command(after_help = "Point your proxy's auth request at \
 http://LISTEN/v1/authz (nginx auth_request, Traefik ForwardAuth, Caddy forward_auth, Envoy \
 ext_authz with path_prefix /v1/authz). A request with a valid API key gets 200 and the \
 X-Keygate-Key-Id, -Key-Type, -User-Id and -Team-Id headers; otherwise 401/403 (or 503 when keys \
 cannot be checked) with an X-Keygate-Reason header.\n\n\
 Keys come from the database (--database-url; create them with `keygate keys create` or the key \
 API, enabled by --secret-server-key) or, with --stack-project-id, from Stack Auth.\n\n\
-Stops gracefully on SIGTERM or SIGINT."
-)]
+Stops gracefully on SIGTERM or SIGINT.")]
 pub(crate) struct ServeArgs {
     /// Address for /v1/authz (and the key API; and /healthz, /readyz, /metrics unless
     /// --admin-listen is set). Port 0 picks a free port; the startup line shows it.

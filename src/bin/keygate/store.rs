@@ -9,8 +9,8 @@ use crate::Failure;
 #[derive(Debug, Clone, Args)]
 pub(crate) struct DatabaseArgs {
     /// The key database: a SQLite file (`sqlite://keygate.db`, `sqlite:path`, a bare path,
-    /// `sqlite::memory:`), created if missing, or PostgreSQL (`postgres://user@host/db`), shared
-    /// by a fleet with revocations pushed to every instance.
+    /// `sqlite::memory:`; created by `serve` and `keys create` if missing), or PostgreSQL
+    /// (`postgres://user@host/db`), shared by a fleet with revocations pushed to every instance.
     #[arg(
         long,
         env = "KEYGATE_DATABASE_URL",

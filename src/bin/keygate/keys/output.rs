@@ -42,13 +42,22 @@ impl Mode {
 
 /// Prints a key just created: the one time its full value is shown.
 pub(crate) fn print_created(created: &CreatedKey, mode: Mode) -> io::Result<()> {
+    write_created(&mut io::stdout().lock(), &mut io::stderr(), created, mode)
+}
+
+/// [`print_created`] to `out` (stdout) and `err` (stderr, which never gets the key).
+fn write_created(
+    out: &mut impl Write,
+    err: &mut impl Write,
+    created: &CreatedKey,
+    mode: Mode,
+) -> io::Result<()> {
     let record = &created.record;
-    let mut out = io::stdout().lock();
     match mode {
         Mode::Json => {
             let mut object = ApiKeyObject::from_record(record);
             object.value = KeyValue::Full(created.key.expose_secret().to_owned());
-            let written = serde_json::to_writer_pretty(&mut out, &object).map_err(io::Error::from);
+            let written = serde_json::to_writer_pretty(&mut *out, &object).map_err(io::Error::from);
             if let KeyValue::Full(key) = &mut object.value {
                 key.zeroize();
             }
@@ -58,7 +67,9 @@ pub(crate) fn print_created(created: &CreatedKey, mode: Mode) -> io::Result<()> 
         Mode::Piped => {
             writeln!(out, "{}", created.key.expose_secret())?;
             out.flush()?;
-            eprintln!(
+            // The key is out; a summary that cannot be written is no reason to fail.
+            let _ = writeln!(
+                err,
                 "keygate: created {}, {}; the key went to stdout and will not be shown again",
                 summary(record),
                 expires(record.expires_at, SystemTime::now()),
@@ -310,6 +321,8 @@ fn span_text(span: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    use keygate::store::{KeyStore as _, NewKey};
+
     use super::*;
 
     #[test]
@@ -343,6 +356,46 @@ mod tests {
         assert_eq!(clean("déploiement"), "déploiement");
         assert_eq!(shown("abc"), "\"abc\"");
         assert!(!shown(&format!("sk_x{MARKER}y")).contains(MARKER));
+    }
+
+    /// stdout and stderr of `write_created` for a fresh user key, and the key.
+    async fn created(mode: Mode, new: NewKey) -> (String, String, String) {
+        let store = keygate::MemoryKeyStore::new();
+        let owner = Owner::user("0b1d5a52-7c5e-4f8e-9a43-1d2e3f4a5b6c");
+        let created = store.create(owner, new).await.unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        write_created(&mut out, &mut err, &created, mode).unwrap();
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        let key = created.key.expose_secret().to_owned();
+        (text(out), text(err), key)
+    }
+
+    #[tokio::test]
+    async fn a_created_key_is_printed_once_on_stdout() {
+        let (out, err, key) = created(Mode::Piped, NewKey::new("CI")).await;
+        assert_eq!(out, format!("{key}\n"));
+        assert!(
+            err.contains("user key (secret)") && err.contains("never expires"),
+            "{err}"
+        );
+        assert!(!err.contains(MARKER));
+
+        let new = NewKey::new("CI")
+            .public(true)
+            .expires_in(Duration::from_secs(3600));
+        let (out, err, key) = created(Mode::Human, new).await;
+        assert_eq!(out.matches(&key).count(), 1, "{out}");
+        assert!(out.contains("shown once"));
+        assert!(out.contains("user key, public"), "{out}");
+        assert!(out.contains("(in 1h)"), "{out}");
+        assert!(out.contains("description: CI"), "{out}");
+        assert_eq!(err, "");
+
+        let (out, err, key) = created(Mode::Json, NewKey::new("")).await;
+        let body: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(body["value"], key.as_str());
+        assert_eq!(out.matches(&key).count(), 1);
+        assert_eq!(err, "");
     }
 
     #[test]
