@@ -229,7 +229,12 @@ mod postgres_schema {
                 .expect("a notification within 5 s")
                 .expect("listener");
             assert_eq!(n.channel(), REVOCATION_CHANNEL);
-            let id = Uuid::try_parse(n.payload()).expect("the payload is a key id, nothing else");
+            let (id, millis) = n
+                .payload()
+                .split_once(' ')
+                .expect("the payload is `<key id> <millis>`, nothing else");
+            let id = Uuid::try_parse(id).expect("a key id");
+            millis.parse::<i64>().expect("the time of the change");
             if ids.contains(&id) {
                 return id;
             }

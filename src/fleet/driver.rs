@@ -77,6 +77,7 @@ pub(crate) enum Event {
     Lost(String),
     /// Events were lost while the source kept going (a log pruned past the feed's position):
     /// the driver treats it as a reconnection and applies [`OnReconnect`].
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     Missed,
 }
 
