@@ -3,7 +3,8 @@
 //! it.
 //!
 //! ```text
-//! APP_PORT=3300 FLOOR_PORT=3301 cargo run --release --example edge_fixture
+//! APP_PORT=3301 cargo run --release --example edge_fixture     # the app
+//! FLOOR_PORT=3302 cargo run --release --example edge_fixture   # the floor
 //! ```
 //!
 //! - the app on `APP_PORT`: every request gets 200 and `ok`, the upstream of every nginx route;
@@ -11,20 +12,17 @@
 //!   empty body, `Cache-Control: no-store` and the four `X-Keygate-*` identity headers) without
 //!   checking anything: the cheapest possible auth service, the benchmark's floor.
 //!
-//! Prints `fixture: listening` once both listen.
+//! Serves whichever of the two ports is set (run.sh starts one process each, so that the floor,
+//! like keygate, is a process of its own), and prints `fixture: listening` once it listens.
 
-use std::future::IntoFuture;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use axum::http::header::CACHE_CONTROL;
 use axum::response::IntoResponse;
 use axum::Router;
 
-fn port(var: &str, default: u16) -> u16 {
-    std::env::var(var)
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(default)
+fn port(var: &str) -> Option<u16> {
+    std::env::var(var).ok().and_then(|p| p.parse().ok())
 }
 
 async fn app() -> &'static str {
@@ -44,11 +42,13 @@ async fn floor() -> impl IntoResponse {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let app_listener = tokio::net::TcpListener::bind(listen(port("APP_PORT", 3300))).await?;
-    let floor_listener = tokio::net::TcpListener::bind(listen(port("FLOOR_PORT", 3301))).await?;
-    let app = axum::serve(app_listener, Router::new().fallback(app));
-    let floor = axum::serve(floor_listener, Router::new().fallback(floor));
+    let (router, port) = match (port("APP_PORT"), port("FLOOR_PORT")) {
+        (Some(port), None) => (Router::new().fallback(app), port),
+        (None, Some(port)) => (Router::new().fallback(floor), port),
+        _ => return Err("set exactly one of APP_PORT and FLOOR_PORT".into()),
+    };
+    let listener = tokio::net::TcpListener::bind(listen(port)).await?;
     println!("fixture: listening");
-    tokio::try_join!(app.into_future(), floor.into_future())?;
+    axum::serve(listener, router).await?;
     Ok(())
 }

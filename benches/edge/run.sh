@@ -12,9 +12,10 @@
 # with keygate/floor as the median of per-round ratios. Loopback only; bounded:
 # ROUNDS x 3 x DURATION seconds.
 #
-# PIN=1 (the default) puts nginx (one worker), keygate and the fixture (one tokio worker each) on
-# CPU 1 and wrk on CPU 0: the server side is the bottleneck, so req/s measures what a request
-# costs it. PIN=0 lets everything share both cores.
+# PIN=1 (the default) puts nginx (one worker), keygate, the floor and the app (one tokio worker
+# each, one process each) on CPU 1 and wrk on CPU 0: the server side is the bottleneck, so req/s
+# measures what a request costs it. PIN=0 lets everything share both cores. The script also
+# reports each process's CPU time per request (from /proc).
 #
 #   benches/edge/run.sh                     # ROUNDS=5 DURATION=5 CONNECTIONS=32 PIN=1
 #   PIN=0 ROUNDS=3 DURATION=8 benches/edge/run.sh
@@ -74,9 +75,13 @@ KEY=$("$bin/keygate" keys create --user 0b1d5a52-7c5e-4f8e-9a43-1d2e3f4a5b6c \
 "${server[@]}" "$bin/keygate" serve --listen "127.0.0.1:$KG_PORT" --database-url "$db" \
   --log warn >"$out/keygate.log" 2>&1 &
 pids+=($!)
-APP_PORT=$APP_PORT FLOOR_PORT=$FLOOR_PORT "${server[@]}" "$bin/examples/edge_fixture" \
-  >"$out/fixture.log" 2>&1 &
+keygate_pid=$!
+APP_PORT=$APP_PORT "${server[@]}" "$bin/examples/edge_fixture" >"$out/app.log" 2>&1 &
 pids+=($!)
+app_pid=$!
+FLOOR_PORT=$FLOOR_PORT "${server[@]}" "$bin/examples/edge_fixture" >"$out/floor.log" 2>&1 &
+pids+=($!)
+floor_pid=$!
 
 mkdir -p "$out/nginx/tmp"
 auth_location() { # name upstream
@@ -143,6 +148,7 @@ ngx=("$NGINX_BIN" -p "$out/nginx" -c "$out/nginx/nginx.conf" -e "$out/nginx/erro
 "${ngx[@]}" -t -q
 if [ "$PIN" = 1 ]; then taskset -c 1 "${ngx[@]}" & else "${ngx[@]}" & fi
 pids+=($!)
+nginx_pid=$!
 for port in $KG_PORT $APP_PORT $FLOOR_PORT $NGX_PORT; do wait_port "$port"; done
 
 # Sanity: each route answers as expected (and keygate refuses a missing or wrong key).
@@ -156,18 +162,36 @@ url="http://127.0.0.1:$NGX_PORT"
 [ "$(status -H "Authorization: Bearer ${KEY%?}x" "$url/keygate/")" = 401 ] ||
   { echo "keygate route let a wrong key through" >&2; exit 1; }
 
+# CPU time (clock ticks, user + system) of a process, for nginx its worker(s).
+ticks() { # pid
+  awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+cpu() { # -> "nginx keygate floor app" ticks
+  local worker total=0
+  for worker in $(pgrep -P "$nginx_pid"); do total=$((total + $(ticks "$worker"))); done
+  echo "$total $(ticks "$keygate_pid") $(ticks "$floor_pid") $(ticks "$app_pid")"
+}
+HZ=$(getconf CLK_TCK)
+
 run_one() { # route round
+  local before after
+  before=$(cpu)
   "${load[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
     -H "Authorization: Bearer $KEY" "$url/$1/" >"$out/wrk-$1-$2.txt"
-  python3 - "$out/wrk-$1-$2.txt" "$1" "$2" >>"$out/results.tsv" <<'PY'
+  after=$(cpu)
+  python3 - "$out/wrk-$1-$2.txt" "$1" "$2" "$before" "$after" "$HZ" >>"$out/results.tsv" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 def ms(v, unit):
     return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+requests = int(re.search(r"(\d+) requests in", text).group(1))
 lat = dict((p, ms(v, u)) for p, v, u in re.findall(r"\s+(50|99)%\s+([\d.]+)(us|ms|s)", text))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{sys.argv[3]}\t{sys.argv[2]}\t{rps}\t{lat['50']}\t{lat['99']}\t{errors.group(1) if errors else 0}")
+# CPU microseconds per request of nginx, keygate, the floor and the app during this run.
+delta = [int(a) - int(b) for a, b in zip(sys.argv[5].split(), sys.argv[4].split())]
+cpu = [d * 1e6 / int(sys.argv[6]) / requests for d in delta]
+print(f"{sys.argv[3]}\t{sys.argv[2]}\t{rps}\t{lat['50']}\t{lat['99']}\t{errors.group(1) if errors else 0}\t" + "\t".join(f"{c:.2f}" for c in cpu))
 PY
 }
 
@@ -182,13 +206,15 @@ python3 - "$out/results.tsv" "$ROUNDS" "$DURATION" "$CONNECTIONS" "$PIN" "$("$NG
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
 by, rounds = {}, {}
-for rnd, route, rps, p50, p99, err in rows:
+cpu = {}
+for rnd, route, rps, p50, p99, err, *us in rows:
     by.setdefault(route, []).append((float(rps), float(p50), float(p99), int(err)))
+    cpu.setdefault(route, []).append([float(u) for u in us])
     rounds.setdefault(rnd, {})[route] = float(rps)
 med = {r: tuple(statistics.median(x[i] for x in v) for i in range(3)) for r, v in by.items()}
 errs = {r: sum(x[3] for x in v) for r, v in by.items()}
 vs_floor = {r: [rd[r] / rd["floor"] for rd in rounds.values()] for r in by}
-pin = ("nginx (1 worker), keygate and the fixture (1 tokio worker each) pinned to CPU 1, wrk to CPU 0"
+pin = ("nginx (1 worker), keygate, floor and app (1 tokio worker each) pinned to CPU 1, wrk to CPU 0"
        if sys.argv[5] == "1" else "unpinned")
 print(f"{sys.argv[6]}; wrk -t1 -c{sys.argv[4]} -d{sys.argv[3]}s, {sys.argv[2]} rounds in rotating order, {pin}; medians\n")
 print("| route | req/s | vs floor (median of per-round ratios) | ratio range | p50 (ms) | p99 (ms) | non-2xx |")
@@ -197,6 +223,12 @@ for r in ["open", "floor", "keygate"]:
     rps, p50, p99 = med[r]
     lo, hi = min(vs_floor[r]), max(vs_floor[r])
     print(f"| {r} | {rps:,.0f} | {100*statistics.median(vs_floor[r]):.1f}% | {100*lo:.1f}–{100*hi:.1f}% | {p50:.3f} | {p99:.3f} | {errs[r]} |")
+print("\nCPU per request, µs (median over rounds):\n")
+print("| route | nginx worker | auth service | app | total |")
+print("| --- | ---: | ---: | ---: | ---: |")
+for r in ["open", "floor", "keygate"]:
+    n, k, f, a = (statistics.median(x[i] for x in cpu[r]) for i in range(4))
+    print(f"| {r} | {n:.1f} | {k + f:.1f} | {a:.1f} | {n + k + f + a:.1f} |")
 print("\nper round (req/s):", {r: [round(x[0]) for x in v] for r, v in by.items()})
 ratio = statistics.median(vs_floor["keygate"])
 print(f"\nkeygate/floor: {100*ratio:.1f}% (target: at least 90%)")
