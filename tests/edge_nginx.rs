@@ -71,25 +71,28 @@ impl Edge {
     /// Starts all three over a fresh SQLite file; with `tap`, nginx reaches keygate through a
     /// [`Tap`].
     async fn start(nginx_bin: &Path, tap: bool) -> Edge {
-        Self::start_with(nginx_bin, tap, |site| site).await
+        Self::start_with(nginx_bin, tap, &[], |site| site).await
     }
 
-    /// [`Edge::start`] with the nginx configuration changed by `edit`.
-    async fn start_with(nginx_bin: &Path, tap: bool, edit: impl FnOnce(String) -> String) -> Edge {
+    /// [`Edge::start`] with `serve_args` added to `keygate serve`, and the nginx configuration
+    /// changed by `edit`.
+    async fn start_with(
+        nginx_bin: &Path,
+        tap: bool,
+        serve_args: &[&str],
+        edit: impl FnOnce(String) -> String,
+    ) -> Edge {
         let db = CliDb::sqlite();
-        let keygate = tokio::task::block_in_place(|| {
-            KeygateServe::spawn(
-                &[
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--database-url",
-                    &db.url,
-                    "--log",
-                    "warn",
-                ],
-                &[],
-            )
-        });
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+            "--log",
+            "warn",
+        ];
+        args.extend_from_slice(serve_args);
+        let keygate = tokio::task::block_in_place(|| KeygateServe::spawn(&args, &[]));
         let echo = Echo::start().await;
         let tap = if tap {
             Some(Tap::start(keygate.addr()).await)
@@ -333,7 +336,7 @@ async fn without_the_content_length_line_posts_still_pass_at_once_at_the_cost_of
     let bin = nginx_or_skip!();
     // The trap: nginx then sends keygate the client's Content-Length with no body. Had keygate
     // waited for that body, nginx would give up after 2 s and answer 500.
-    let edge = Edge::start_with(&bin, true, |site| {
+    let edge = Edge::start_with(&bin, true, &[], |site| {
         replace_all(
             &site,
             &[(
@@ -363,6 +366,64 @@ async fn without_the_content_length_line_posts_still_pass_at_once_at_the_cost_of
     assert_eq!(edge.echo.hits(), 3);
     // keygate closed the connection after each POST: the GET needed a second one.
     assert_eq!(edge.tap.as_ref().unwrap().accepted(), 2);
+}
+
+/// Statuses of `n` back-to-back requests with `auth` under a rate limit of 1 a second.
+async fn burst(edge: &Edge, auth: &str, n: usize) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        answers.push(edge.get("/api/orders", &[("authorization", auth)]).await);
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_key_gets_403_with_limit_status_403_and_a_500_without() {
+    let bin = nginx_or_skip!();
+    let limit = ["--rate-limit", "1", "--rate-limit-burst", "1"];
+
+    let args = [&limit[..], &["--limit-status", "403"]].concat();
+    let edge = Edge::start_with(&bin, false, &args, |site| site).await;
+    let (auth, _) = edge.create_key("--user", USER);
+    let answers = burst(&edge, &auth, 10).await;
+    let refused: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.status != StatusCode::OK)
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "10 requests at once, 1 a second allowed"
+    );
+    for answer in refused {
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
+        assert_eq!(answer.error(), "RATE_LIMITED");
+    }
+
+    // keygate's default 429 is what nginx cannot pass on: the client gets 500.
+    let edge = Edge::start_with(&bin, false, &limit, |site| site).await;
+    let (auth, _) = edge.create_key("--user", USER);
+    let answers = burst(&edge, &auth, 10).await;
+    let refused: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.status != StatusCode::OK)
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "10 requests at once, 1 a second allowed"
+    );
+    for answer in refused {
+        assert_eq!(
+            answer.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{}",
+            answer.body
+        );
+    }
+    let log = edge.nginx.error_log();
+    assert!(
+        log.contains("auth request unexpected status: 429"),
+        "error.log:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
