@@ -1,6 +1,7 @@
 //! The one test harness shared by every integration test binary: a counting verifier, one
 //! request/response helper with the error-table assertions, router builders, the user/team
-//! kinds table, key minting, log capture (and the log audit's, installed in every binary), and
+//! kinds table, key minting, log capture (and the log audit's, installed in every binary), the
+//! echo upstream, a real nginx and a counting TCP tap (for the edge tests), and
 //! (with their features) the rate-limited routers, the scripted loopback upstream, the Stack
 //! Auth and key-server helpers, the store conformance suite, and the key
 //! server over every store.
@@ -10,15 +11,18 @@
 
 pub mod app;
 pub mod audit;
+pub mod echo;
 pub mod http;
 pub mod keys;
 pub mod kinds;
 pub mod logs;
+pub mod nginx;
 #[cfg(feature = "governor")]
 pub mod rate_limit;
 #[cfg(feature = "metrics")]
 pub mod recorded;
 pub mod rng;
+pub mod tap;
 pub mod verifier;
 
 #[cfg(feature = "cli")]
