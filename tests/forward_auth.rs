@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::header::{CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use common::http::{send_request, Reply};
@@ -108,6 +108,14 @@ fn assert_refused(reply: &Reply, status: StatusCode, reason: &str) {
     for name in [KEY_ID, KEY_TYPE, USER_ID, TEAM_ID] {
         assert_eq!(reply.header(&name), None, "{}: {name}", reply.what);
     }
+    // Headers only by default: nginx would drop its keep-alive connection after a body.
+    assert!(
+        reply.body.is_empty(),
+        "{}: body {:?}",
+        reply.what,
+        reply.text()
+    );
+    assert_eq!(reply.header(CONTENT_TYPE), None, "{}", reply.what);
 }
 
 #[tokio::test]
@@ -164,6 +172,29 @@ async fn missing_invalid_and_revoked_keys_get_401_with_a_challenge_and_reason() 
     verifier.revoke(keys.user.record.id).await;
     let revoked = get(&app, &[("authorization", &bearer(&keys.user))]).await;
     assert_refused(&revoked, StatusCode::UNAUTHORIZED, "API_KEY_INVALID");
+}
+
+#[tokio::test]
+async fn refusal_bodies_are_json_only_when_asked_for() {
+    let keys = Keys::new().await;
+    let app = ForwardAuth::new(CachedVerifier::new(keys.store.clone()))
+        .require(Require::Team)
+        .refusal_bodies(true)
+        .router();
+    let missing = get(&app, &[]).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.header(REASON), Some("API_KEY_MISSING"));
+    assert_eq!(missing.header(CONTENT_TYPE), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&missing.body).unwrap();
+    assert_eq!(body["code"], "API_KEY_MISSING");
+    let wrong_kind = get(&app, &[("authorization", &bearer(&keys.user))]).await;
+    assert_eq!(wrong_kind.status, StatusCode::FORBIDDEN);
+    let body: serde_json::Value = serde_json::from_slice(&wrong_kind.body).unwrap();
+    assert_eq!(body["code"], "INSUFFICIENT_SCOPE");
+    // An allowed answer stays empty either way.
+    let allowed = get(&app, &[("authorization", &bearer(&keys.team))]).await;
+    assert_eq!(allowed.status, StatusCode::OK);
+    assert!(allowed.body.is_empty());
 }
 
 #[tokio::test]

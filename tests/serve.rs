@@ -411,6 +411,7 @@ fn help_names_every_flag_and_its_environment_variable() {
         "KEYGATE_ALLOW_PUBLIC_KEYS",
         "KEYGATE_KEY_HEADER",
         "KEYGATE_ALLOW_PREFLIGHT",
+        "KEYGATE_REFUSAL_BODIES",
         "KEYGATE_TRUSTED_PROXIES",
         "KEYGATE_RATE_LIMIT",
         "KEYGATE_RATE_LIMIT_BURST",

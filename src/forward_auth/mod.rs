@@ -13,7 +13,8 @@
 //!   key, 403 for a key of the wrong kind or a refused `pk_` key, 400 for bad credential syntax,
 //!   503 + `Retry-After` when the verifier is down) plus [`REASON`], the rejection's code. Rate
 //!   limited: 429 + `Retry-After` (or 403, [`ForwardAuth::limit_status`]) with reason
-//!   `RATE_LIMITED`.
+//!   `RATE_LIMITED`. Refusals have no body unless [`ForwardAuth::refusal_bodies`] is on: nginx
+//!   closes its keep-alive connection to keygate after any auth answer with a body.
 //! - **Original request** (for [`allow_preflight`](ForwardAuth::allow_preflight) and the
 //!   `original_method`/`original_uri` fields of the `keygate.authz` span): from a [trusted](TrustedProxies) peer,
 //!   `X-Forwarded-Method`/`X-Forwarded-Uri`, else `X-Original-Method` +
@@ -207,6 +208,7 @@ pub struct ForwardAuth<V> {
     trusted: TrustedProxies,
     realm: String,
     limit_status: StatusCode,
+    refusal_bodies: bool,
     #[cfg(feature = "governor")]
     limits: limits::Limits,
 }
@@ -244,6 +246,7 @@ impl<V: KeyVerifier> ForwardAuth<V> {
             trusted: TrustedProxies::loopback(),
             realm: "keygate".to_owned(),
             limit_status: StatusCode::TOO_MANY_REQUESTS,
+            refusal_bodies: false,
             #[cfg(feature = "governor")]
             limits: limits::Limits::default(),
         }
@@ -299,6 +302,15 @@ impl<V: KeyVerifier> ForwardAuth<V> {
         self
     }
 
+    /// Whether refusals carry keygate's JSON body (`{"code": …, "error": …}`). Off by default:
+    /// every answer is headers only (the reason is in [`REASON`]), because nginx never reads
+    /// an auth answer's body and so closes the keep-alive connection after any answer that has
+    /// one. Turn it on for Traefik, Caddy or Envoy, which pass a refusal's body to the client.
+    pub fn refusal_bodies(mut self, on: bool) -> Self {
+        self.refusal_bodies = on;
+        self
+    }
+
     /// The guard for one (kind, preflight) combination, around the allow handler.
     fn guarded(&self, require: Require, preflight: bool) -> Router {
         let mut guard = RequireApiKey::from_arc(Arc::clone(&self.verifier))
@@ -351,8 +363,9 @@ impl<V: KeyVerifier> ForwardAuth<V> {
             None => router,
         };
         let limit_status = self.limit_status;
+        let refusal_bodies = self.refusal_bodies;
         router.layer(axum::middleware::map_response(move |response| {
-            finish(response, limit_status)
+            finish(response, limit_status, refusal_bodies)
         }))
     }
 }
@@ -426,11 +439,21 @@ async fn allow(request: Request) -> Response {
 }
 
 /// Every answer: `Cache-Control: no-store`; a rate-limit refusal gets its reason and the
-/// configured status.
-async fn finish(mut response: Response, limit_status: StatusCode) -> Response {
+/// configured status; a refusal loses its body unless [`ForwardAuth::refusal_bodies`] is on.
+async fn finish(
+    mut response: Response,
+    limit_status: StatusCode,
+    refusal_bodies: bool,
+) -> Response {
     if response.status() == StatusCode::TOO_MANY_REQUESTS {
         response.headers_mut().insert(REASON, RATE_LIMITED);
         *response.status_mut() = limit_status;
+    }
+    if !refusal_bodies && response.status() != StatusCode::OK {
+        let (mut parts, _body) = response.into_parts();
+        parts.headers.remove(http::header::CONTENT_TYPE);
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        response = Response::from_parts(parts, Body::empty());
     }
     response
         .headers_mut()

@@ -141,6 +141,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "KEYGATE_ALLOW_PREFLIGHT")]
     allow_preflight: bool,
 
+    /// Give refusals keygate's JSON body ({"code", "error"}). Off by default: answers are
+    /// headers only (the reason is in X-Keygate-Reason), since nginx closes its keep-alive
+    /// connection after an auth answer with a body. Turn on for Traefik, Caddy or Envoy, which
+    /// pass a refusal's body to the client.
+    #[arg(long, env = "KEYGATE_REFUSAL_BODIES")]
+    refusal_bodies: bool,
+
     /// Peers (comma-separated IPs and CIDR blocks) whose X-Forwarded-*, X-Original-* and
     /// X-Real-IP headers are believed; from anyone else they are ignored.
     #[arg(
@@ -287,7 +294,8 @@ async fn run_with<V: KeyVerifier>(
         .allow_preflight(policy.allow_preflight)
         .extractor(policy.extractor.clone())
         .trusted_proxies(policy.trusted.clone())
-        .limit_status(policy.limit_status);
+        .limit_status(policy.limit_status)
+        .refusal_bodies(policy.refusal_bodies);
     if let Some((rate, burst, by)) = policy.rate_limit {
         authz = authz.rate_limit(rate, burst, by);
     }
