@@ -167,11 +167,12 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let mut ok = sqlite().await;
+        let ok = sqlite().await;
         #[cfg(feature = "postgres")]
-        if let Some(pg) = postgres().await {
-            ok &= pg;
-        }
+        let ok = match postgres().await {
+            Some(pg) => ok & pg,
+            None => ok,
+        };
         if !ok {
             println!("a store missed the {TARGET}× target");
         }
