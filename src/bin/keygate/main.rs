@@ -9,6 +9,13 @@
 //! 1 a negative answer (key invalid, key id unknown), 2 bad usage or configuration, 3 a failure
 //! at run time (database unreachable, listener lost).
 
+/// The log audit's capture, shared with the library's and the integration tests (see
+/// `.ci/log-audit`): the binary's unit tests are audited too.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../../tests/common/audit.rs"]
+mod test_audit;
+
 mod duration;
 mod keys;
 mod ops;
