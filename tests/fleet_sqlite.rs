@@ -62,6 +62,17 @@ async fn started(feed: &RevocationFeed) {
     assert!(feed.wait_connected(WAIT).await, "{:?}", feed.status());
 }
 
+/// A cache over `server` with a started feed polling its database.
+async fn watched(server: &SqliteKeyStore) -> (CachedVerifier<SqliteKeyStore>, RevocationFeed) {
+    let cache = CachedVerifier::builder(server.clone()).ttl(TTL).build();
+    let feed = SqliteRevocationFeed::for_pool(server.pool())
+        .poll_interval(POLL)
+        .spawn(&cache)
+        .unwrap();
+    started(&feed).await;
+    (cache, feed)
+}
+
 /// A target that records what the feed tells it.
 #[derive(Clone, Default)]
 struct Told {
@@ -93,12 +104,7 @@ impl Told {
 #[tokio::test]
 async fn revoke_expire_and_delete_by_another_process_reach_the_cache() {
     let (server, cli, _dir) = two_processes().await;
-    let cache = CachedVerifier::builder(server.clone()).ttl(TTL).build();
-    let feed = SqliteRevocationFeed::for_pool(server.pool())
-        .poll_interval(POLL)
-        .spawn(&cache)
-        .unwrap();
-    started(&feed).await;
+    let (cache, feed) = watched(&server).await;
     let owner = Owner::user("user-1");
     let mut keys = Vec::new();
     for what in ["revoked", "expired", "deleted", "renamed"] {
@@ -285,12 +291,7 @@ async fn a_database_without_the_log_migrates_and_an_older_keygate_still_opens_it
         SqliteKeyStore::open(&path).await.unwrap(),
     );
     assert_eq!(has_log().await, 1);
-    let cache = CachedVerifier::builder(server.clone()).ttl(TTL).build();
-    let feed = SqliteRevocationFeed::for_pool(server.pool())
-        .poll_interval(POLL)
-        .spawn(&cache)
-        .unwrap();
-    started(&feed).await;
+    let (cache, feed) = watched(&server).await;
     let created = cli
         .create(Owner::user("user-1"), NewKey::new("k"))
         .await
@@ -311,12 +312,7 @@ fn the_feed_counts_revocations_and_records_their_lag() {
 
     let rendered = recorded(|| async {
         let (server, cli, _dir) = two_processes().await;
-        let cache = CachedVerifier::builder(server.clone()).ttl(TTL).build();
-        let feed = SqliteRevocationFeed::for_pool(server.pool())
-            .poll_interval(POLL)
-            .spawn(&cache)
-            .unwrap();
-        started(&feed).await;
+        let (cache, feed) = watched(&server).await;
         for i in 0..3 {
             let created = cli
                 .create(Owner::user("user-1"), NewKey::new(format!("k{i}")))
